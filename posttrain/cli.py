@@ -1,0 +1,153 @@
+"""`posttrain`: run recipes stage by stage, inspect stages and data mixes, check the machine.
+
+    posttrain run tiny                                  # SFT -> DPO -> GRPO -> export on CPU
+    posttrain run RECIPE [--stage S | --from S] [--mix STAGE=PATH] [key=value ...] [--dry-run]
+    posttrain stages RECIPE                             # status and headline metric per stage
+    posttrain mix data_mixes/x.yaml                     # resolved sources, rows, tokens, hash
+    posttrain doctor                                    # torch/CUDA, fla/triton/tilelang, kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+log = logging.getLogger("posttrain")
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
+    w = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{x}}}" for x in w)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * x for x in w))] + [fmt.format(*r) for r in rows])
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
+
+
+def _load(args):
+    from posttrain.recipe import load_recipe
+    mixes = {}
+    for m in args.mix or []:
+        if "=" not in m:
+            raise SystemExit(f"posttrain: --mix {m}: expected STAGE=PATH")
+        s, p = m.split("=", 1)
+        mixes[s] = p
+    return load_recipe(args.recipe, args.overrides, mixes)
+
+
+def cmd_run(args) -> int:
+    from posttrain.pipeline import Pipeline
+    recipe = _load(args)
+    pipe = Pipeline(recipe)
+    plans = pipe.plan(args.stage, args.start, args.force)
+    print(f"recipe {recipe.source} -> {recipe.output_dir}")
+    print(_table([[p.name, p.kind, p.action, p.init_from or recipe.cfg.model.name, p.rows, p.key, p.note]
+                  for p in plans], ["stage", "kind", "action", "starts from", "rows", "key", "note"]))
+    if args.dry_run:
+        print("dry run: nothing was changed")
+        return 0
+    t0 = time.time()
+    results = pipe.run(args.stage, args.start, args.force)
+    print(f"\nfinished in {time.time() - t0:.0f} s; outputs in {recipe.output_dir}")
+    print(_table([[r["stage"], r["action"], _fmt(r.get("seconds")), _fmt(r.get("train_loss")),
+                   _fmt(r.get("base_accuracy")), _fmt(r.get("accuracy"))] for r in results],
+                 ["stage", "action", "seconds", "train loss", "accuracy before", "accuracy after"]))
+    return 0
+
+
+def cmd_stages(args) -> int:
+    from posttrain.pipeline import Pipeline, read_done
+    recipe = _load(args)
+    pipe = Pipeline(recipe)
+    rows = []
+    for p in pipe.plan():
+        st = pipe.status(p.name, p.key)
+        done = read_done(pipe.stage_dir(p.name)) or {}
+        s = done.get("summary", {})
+        metric = f"accuracy {s['accuracy']:.3f}" if "accuracy" in s else (
+            f"train loss {s['train_loss']:.4g}" if s.get("train_loss") is not None else "")
+        rows.append([p.name, p.kind, st, pipe.stage_dir(p.name) if done else "", metric])
+    print(_table(rows, ["stage", "kind", "status", "output", "headline metric"]))
+    return 0
+
+
+def cmd_mix(args) -> int:
+    from posttrain.data.mix import count_tokens, resolve_mix
+    from posttrain.data.templates import resolve_template
+    from posttrain.model.load import load_tokenizer
+    m = resolve_mix(args.path)
+    tok = load_tokenizer(args.tokenizer, resolve_template(args.chat_template))
+    print(f"mix {m.manifest['name']} ({m.manifest['mix']}), format {m.format}, seed {m.manifest['seed']}")
+    print(_table([[s["path"], s["split"], s["available"], s["taken"], s["invalid_dropped"], s["sha256"][:12]]
+                  for s in m.manifest["sources"]], ["source", "split", "available", "taken", "invalid", "sha256"]))
+    tokens = count_tokens(m.rows, tok)
+    print(f"rows {len(m.rows)}, tokens {tokens:,} ({args.tokenizer} tokenizer), dedup removed "
+          f"{m.manifest['dedup_removed']}, sha256 {m.manifest['sha256']}")
+    if args.json:
+        print(json.dumps({**m.manifest, "tokens": tokens}, indent=2))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from posttrain.model.kernels import kernel_report
+    rep = kernel_report()
+    width = max(len(k) for k in rep)
+    for k, v in rep.items():
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="posttrain", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a recipe's stages")
+    r.add_argument("recipe", help="recipe file or built-in name (tiny, olmo-hybrid-7b-think, ...)")
+    r.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. stages.sft.learning_rate=1e-5")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--stage", help="run only this stage (its inputs must exist)")
+    g.add_argument("--from", dest="start", help="run this stage and the ones after it")
+    r.add_argument("--mix", action="append", metavar="STAGE=PATH", help="swap a stage's data mix")
+    r.add_argument("--force", action="store_true", help="rerun selected stages even if up to date")
+    r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("stages", help="stages of a recipe with status and outputs")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_stages, mix=None)
+    m = sub.add_parser("mix", help="resolve a data mix: sources, rows, tokens, hash")
+    m.add_argument("path")
+    m.add_argument("--tokenizer", default="tiny", help="tokenizer for token counts (tiny, hub id or dir)")
+    m.add_argument("--chat-template", default="olmo-instruct")
+    m.add_argument("--json", action="store_true", help="also print the manifest as JSON")
+    m.set_defaults(fn=cmd_mix)
+    d = sub.add_parser("doctor", help="GPU, fla/triton/tilelang, deepspeed, vllm: what would run")
+    d.set_defaults(fn=cmd_doctor)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
+    from posttrain.data.mix import MixError
+    from posttrain.pipeline import PipelineError
+    from posttrain.recipe import RecipeError
+    try:
+        return args.fn(args)
+    except (RecipeError, MixError, PipelineError) as e:
+        print(f"posttrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("posttrain: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

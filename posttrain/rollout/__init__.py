@@ -1,0 +1,1 @@
+"""Rollout engines: `hf` (transformers generate; CPU, tests, small models) and `vllm` (GPU)."""

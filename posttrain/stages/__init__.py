@@ -1,0 +1,1 @@
+"""Stages: thin layers over TRL trainers. Each exposes `run(ctx: StageContext) -> dict`."""

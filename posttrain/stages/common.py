@@ -1,0 +1,93 @@
+"""What every stage shares: its context, model/tokenizer setup, trainer arguments, and the
+end-of-stage save + eval. Stages only talk to each other through output directories."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from posttrain.data.mix import ResolvedMix
+from posttrain.metrics import MetricsWriter
+from posttrain.model.load import load_model, load_tokenizer
+from posttrain.recipe import Recipe, StageBase
+
+log = logging.getLogger("posttrain")
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    name: str
+    stage: StageBase
+    work_dir: Path
+    """Where this attempt writes: trainer checkpoints, model/, metrics.jsonl, evals.json."""
+    init_dir: Path | None
+    """Finished model of the stage this one starts from; None = the recipe's base model."""
+    chat_template: str
+    mix: ResolvedMix
+    eval_rows: list[dict]
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.work_dir / "trainer"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.work_dir / "model"
+
+    @property
+    def metrics(self) -> MetricsWriter:
+        return MetricsWriter(self.work_dir / "metrics.jsonl")
+
+    def resume_checkpoint(self) -> str | None:
+        """Latest trainer checkpoint of this same attempt (the work dir is keyed by config hash)."""
+        cks = sorted(self.trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        return str(cks[-1]) if cks else None
+
+
+def load_stage_model(ctx: StageContext):
+    m = ctx.recipe.cfg.model
+    tok = load_tokenizer(str(ctx.init_dir) if ctx.init_dir else (m.tokenizer or m.name), ctx.chat_template)
+    src = ctx.init_dir or m.name
+    model = load_model(src, m.dtype, m.attn_implementation, tokenizer=tok, seed=ctx.recipe.cfg.seed)
+    log.info("%s: model from %s (%s params, %s)", ctx.name, src, f"{sum(p.numel() for p in model.parameters()):,}",
+             m.dtype)
+    return model, tok
+
+
+def training_args(st: StageBase, out: Path, grad_accum: int, micro_batch: int) -> dict:
+    """TrainingArguments shared by every stage, straight from the recipe fields."""
+    return dict(
+        output_dir=str(out), learning_rate=st.learning_rate, lr_scheduler_type=st.lr_scheduler,
+        warmup_steps=st.warmup_ratio, num_train_epochs=st.num_epochs, max_steps=st.max_steps,
+        per_device_train_batch_size=micro_batch, per_device_eval_batch_size=micro_batch,
+        gradient_accumulation_steps=grad_accum, weight_decay=st.weight_decay, max_grad_norm=st.max_grad_norm,
+        bf16=st.bf16, fp16=False, gradient_checkpointing=st.gradient_checkpointing,
+        logging_steps=st.logging_steps, save_steps=st.save_steps, save_strategy="steps", save_total_limit=2,
+        report_to=[], seed=st.seed, data_seed=st.seed, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, remove_unused_columns=False,
+    )
+
+
+def world_size() -> int:
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def finish(ctx: StageContext, model, tokenizer, think: bool | None = None) -> dict:
+    """Save the stage's model (model/), then the held-out eval into evals.json."""
+    model.save_pretrained(ctx.model_dir, save_original_format=False)
+    tokenizer.save_pretrained(ctx.model_dir)
+    evals = {}
+    if ctx.eval_rows and ctx.stage.eval.max_examples > 0:
+        from posttrain.evaluate import evaluate_model, write_evals
+        e = ctx.stage.eval
+        evals = evaluate_model(model, tokenizer, ctx.eval_rows[: e.max_examples], e.max_new_tokens,
+                               e.batch_size, think=think)
+        write_evals(ctx.work_dir / "evals.json", evals)
+        log.info("%s: held-out accuracy %.3f, format %.3f, mean length %.1f (n=%d)", ctx.name,
+                 evals["accuracy"], evals["format"], evals["mean_length"], evals["n"])
+    return evals

@@ -1,0 +1,62 @@
+"""SFT stage: TRL's SFTTrainer with assistant-only loss on Olmo's ChatML template.
+
+setup (model, tokenizer, datasets) -> train (resuming from the attempt's last checkpoint)
+-> cleanup (save model/, eval). Batch size is given in tokens per optimizer step, as the
+published recipes state it (64 x 32,768 for Olmo Hybrid SFT); rows per step follow from
+max_length. Run it through the pipeline: `posttrain run tiny --stage sft`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from posttrain.metrics import ThroughputCallback
+from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, world_size
+
+log = logging.getLogger("posttrain")
+
+
+def _messages_only(rows: list[dict]) -> Dataset:
+    return Dataset.from_list([{"messages": r["messages"]} for r in rows])
+
+
+def run(ctx: StageContext) -> dict:
+    st = ctx.stage
+    if ctx.mix.format != "messages":
+        raise ValueError(f"{ctx.mix.manifest['mix']}: SFT needs chat 'messages' rows, got format {ctx.mix.format!r}")
+    # setup
+    model, tok = load_stage_model(ctx)
+    rows_per_step = max(1, st.batch_tokens // st.max_length)
+    grad_accum = max(1, rows_per_step // (st.micro_batch_size * world_size()))
+    args = SFTConfig(
+        **training_args(st, ctx.trainer_dir, grad_accum, st.micro_batch_size),
+        max_length=st.max_length, assistant_only_loss=True, packing=False, dataset_num_proc=None,
+    )
+    collator = None
+    if st.packing:
+        from posttrain.data.packing import PackedCollator
+        from posttrain.model.packing import enable_exact_packing
+        report = enable_exact_packing(model, allow_fallback=ctx.recipe.cfg.model.allow_kernel_fallback)
+        log.info("%s: packed batches, kernels %s", ctx.name, report)
+        collator = PackedCollator(max_length=st.max_length * st.micro_batch_size, pad_token_id=tok.pad_token_id)
+        args.per_device_train_batch_size = st.micro_batch_size
+    eval_ds = _messages_only(ctx.eval_rows[:256]) if ctx.eval_rows else None
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_messages_only(ctx.mix.rows), eval_dataset=eval_ds,
+                         processing_class=tok, data_collator=collator,
+                         callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length,
+                                                       world_size())])
+    log.info("%s: %d rows, %d rows/step (micro %d x accum %d x world %d), lr %g",
+             ctx.name, len(ctx.mix.rows), st.micro_batch_size * grad_accum * world_size(), st.micro_batch_size,
+             grad_accum, world_size(), st.learning_rate)
+    # train
+    trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    summary = {"train_loss": trainer.state.log_history[-1].get("train_loss"), "steps": trainer.state.global_step}
+    if eval_ds is not None:
+        summary["eval_loss"] = trainer.evaluate().get("eval_loss")
+        ctx.metrics.write({"stage": ctx.name, "step": trainer.state.global_step, "eval_loss": summary["eval_loss"]})
+    # cleanup
+    evals = finish(ctx, trainer.model, tok)
+    return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}
