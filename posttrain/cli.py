@@ -95,11 +95,22 @@ def cmd_mix(args) -> int:
 
 def cmd_doctor(args) -> int:
     from posttrain.model.kernels import kernel_report
+    from importlib.metadata import PackageNotFoundError, version
     rep = kernel_report()
+    for dist in ("trl", "accelerate", "deepspeed", "vllm", "math-verify"):
+        try:
+            rep[dist] = version(dist)
+        except PackageNotFoundError:
+            rep[dist] = "not installed" + (" (pip install 'posttrain[gpu]')" if dist in ("deepspeed", "vllm") else "")
     width = max(len(k) for k in rep)
     for k, v in rep.items():
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from posttrain.serve import main as serve_main
+    return serve_main(args.rest) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_mix)
     d = sub.add_parser("doctor", help="GPU, fla/triton/tilelang, deepspeed, vllm: what would run")
     d.set_defaults(fn=cmd_doctor)
+    sv = sub.add_parser("serve", help="OpenAI-compatible chat server over a model dir (for judge tests)",
+                        add_help=False)
+    sv.add_argument("rest", nargs=argparse.REMAINDER)
+    sv.set_defaults(fn=cmd_serve)
     return ap
 
 

@@ -6,9 +6,7 @@ reward that RL optimises (`reward.math`), so 'accuracy' means one thing across s
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from posttrain.data.templates import generation_prefix
 from posttrain.rollout.hf import generate
 
 
@@ -26,15 +24,13 @@ def prompts_and_truths(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
     return prompts, truths
 
 
-def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int = 96, batch_size: int = 64,
-                   think: bool | None = None) -> dict:
+def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int = 96, batch_size: int = 64) -> dict:
     from reward.format import format_instruct, format_think
     from reward.math import math_reward
     prompts, truths = prompts_and_truths(rows)
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     correct = math_reward(completions, ground_truth=truths)
-    if think is None:
-        think = "<think>" in (tokenizer.chat_template or "") and "assistant\\n<think>" in tokenizer.chat_template
+    think = generation_prefix(tokenizer.chat_template or "") == "<think>"
     fmt = format_think(completions) if think else format_instruct(completions)
     lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
     n = max(len(rows), 1)
@@ -46,7 +42,3 @@ def evaluate_model(model, tokenizer, rows: list[dict], max_new_tokens: int = 96,
         "samples": [{"prompt": p[-1]["content"], "completion": c, "truth": t}
                     for p, c, t in list(zip(prompts, completions, truths))[:5]],
     }
-
-
-def write_evals(path: Path, evals: dict) -> None:
-    Path(path).write_text(json.dumps(evals, indent=2))

@@ -102,6 +102,10 @@ class DPOStage(StageBase):
     batch_pairs: int = 128
     """Preference pairs per optimizer step (global)."""
     packing: bool = False
+    overlong: str = "truncate"
+    """Pairs longer than max_length: truncate (keep the start) | drop."""
+    eval_pairs: str | None = None
+    """Held-out preference mix: preference accuracy and reward margin before and after the stage."""
 
 
 @dataclass
@@ -283,6 +287,10 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.learning_rate: must be > 0, got {st.learning_rate}")
         if isinstance(st, SFTStage) and st.batch_tokens < st.max_length:
             raise RecipeError(f"{where}.batch_tokens: {st.batch_tokens} is smaller than one row (max_length {st.max_length})")
+        if isinstance(st, DPOStage) and st.eval_pairs and _resolve_path(st.eval_pairs, path) is None:
+            raise RecipeError(f"{where}.eval_pairs: data mix file not found: {st.eval_pairs}")
+        if isinstance(st, DPOStage) and st.overlong not in ("truncate", "drop"):
+            raise RecipeError(f"{where}.overlong: must be truncate or drop, got {st.overlong!r}")
         if isinstance(st, DPOStage) and st.loss_type not in ("dpo_norm", "dpo"):
             raise RecipeError(f"{where}.loss_type: must be dpo_norm or dpo, got {st.loss_type!r}")
         if isinstance(st, GRPOStage) and st.engine not in ("hf", "vllm"):

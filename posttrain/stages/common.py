@@ -3,6 +3,7 @@ end-of-stage save + eval. Stages only talk to each other through output director
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,17 +78,33 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def finish(ctx: StageContext, model, tokenizer, think: bool | None = None) -> dict:
+def eval_stage_model(ctx: StageContext, model, tokenizer, label: str = "after") -> dict:
+    """Greedy held-out eval (task accuracy, format, length); {} when the stage has no eval mix."""
+    if not ctx.eval_rows or ctx.stage.eval.max_examples <= 0:
+        return {}
+    from posttrain.evaluate import evaluate_model
+    e = ctx.stage.eval
+    ev = evaluate_model(model, tokenizer, ctx.eval_rows[: e.max_examples], e.max_new_tokens, e.batch_size)
+    log.info("%s: held-out accuracy %s %.3f, format %.3f, mean length %.1f (n=%d)", ctx.name, label,
+             ev["accuracy"], ev["format"], ev["mean_length"], ev["n"])
+    return ev
+
+
+def base_eval(ctx: StageContext, model, tokenizer) -> dict:
+    """The untrained base model's eval, for the first stage only: the 'before' of the whole run."""
+    if ctx.init_dir is not None:
+        return {}
+    ev = eval_stage_model(ctx, model, tokenizer, "before (base model)")
+    if ev:
+        (ctx.work_dir / "evals_base.json").write_text(json.dumps(ev, indent=2))
+    return ev
+
+
+def finish(ctx: StageContext, model, tokenizer) -> dict:
     """Save the stage's model (model/), then the held-out eval into evals.json."""
     model.save_pretrained(ctx.model_dir, save_original_format=False)
     tokenizer.save_pretrained(ctx.model_dir)
-    evals = {}
-    if ctx.eval_rows and ctx.stage.eval.max_examples > 0:
-        from posttrain.evaluate import evaluate_model, write_evals
-        e = ctx.stage.eval
-        evals = evaluate_model(model, tokenizer, ctx.eval_rows[: e.max_examples], e.max_new_tokens,
-                               e.batch_size, think=think)
-        write_evals(ctx.work_dir / "evals.json", evals)
-        log.info("%s: held-out accuracy %.3f, format %.3f, mean length %.1f (n=%d)", ctx.name,
-                 evals["accuracy"], evals["format"], evals["mean_length"], evals["n"])
-    return evals
+    ev = eval_stage_model(ctx, model, tokenizer)
+    if ev:
+        (ctx.work_dir / "evals.json").write_text(json.dumps(ev, indent=2))
+    return ev

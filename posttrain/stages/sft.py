@@ -14,7 +14,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from posttrain.metrics import ThroughputCallback
-from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, world_size
+from posttrain.stages.common import StageContext, base_eval, finish, load_stage_model, training_args, world_size
 
 log = logging.getLogger("posttrain")
 
@@ -51,6 +51,7 @@ def run(ctx: StageContext) -> dict:
     log.info("%s: %d rows, %d rows/step (micro %d x accum %d x world %d), lr %g",
              ctx.name, len(ctx.mix.rows), st.micro_batch_size * grad_accum * world_size(), st.micro_batch_size,
              grad_accum, world_size(), st.learning_rate)
+    before = base_eval(ctx, model, tok) if not ctx.resume_checkpoint() else {}
     # train
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     summary = {"train_loss": trainer.state.log_history[-1].get("train_loss"), "steps": trainer.state.global_step}
@@ -59,4 +60,6 @@ def run(ctx: StageContext) -> dict:
         ctx.metrics.write({"stage": ctx.name, "step": trainer.state.global_step, "eval_loss": summary["eval_loss"]})
     # cleanup
     evals = finish(ctx, trainer.model, tok)
+    if before:
+        summary["base_accuracy"] = before["accuracy"]
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}

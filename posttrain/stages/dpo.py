@@ -1,0 +1,143 @@
+"""DPO stage: TRL's DPOTrainer with length-normalized DPO and a disk cache of reference logprobs.
+
+Why the cache: the reference model is the stage's starting point and never changes, so its
+logprobs over the preference pairs are computed once, stored under the run
+(`RUN/.cache/STAGE/ref-KEY.pt`, KEY = hash of the reference weights, the data-mix content,
+the chat template and max_length), reused by reruns and resumes, and no reference model is
+held in memory while training. Bad pairs (chosen == rejected, an empty completion) are
+dropped and counted; pairs over max_length are truncated or dropped as `overlong` says.
+
+setup (policy, pairs, cached reference logprobs) -> train -> cleanup (save, preference + task evals).
+Run it through the pipeline: `posttrain run tiny --stage dpo`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from posttrain.data.mix import resolve_mix
+from posttrain.metrics import ThroughputCallback
+from posttrain.recipe import resolve_file
+from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, world_size
+from posttrain.stages.losses import TRL_LOSS
+
+log = logging.getLogger("posttrain")
+
+
+def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "truncate") -> tuple[list[dict], dict]:
+    """Drop pairs DPO cannot learn from; count each reason (logged and kept in the metrics)."""
+    kept, counts = [], {"identical": 0, "empty": 0, "overlong_dropped": 0, "overlong_truncated": 0}
+    for r in rows:
+        chosen, rejected = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
+        if not chosen.strip() or not rejected.strip():
+            counts["empty"] += 1
+            continue
+        if chosen == rejected:
+            counts["identical"] += 1
+            continue
+        longest = max(len(tokenizer.apply_chat_template(r["prompt"] + r[k], tokenize=True, return_dict=False))
+                      for k in ("chosen", "rejected"))
+        if longest > max_length:
+            if overlong == "drop":
+                counts["overlong_dropped"] += 1
+                continue
+            counts["overlong_truncated"] += 1
+        kept.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
+    return kept, counts
+
+
+class CachedRefDPOTrainer(DPOTrainer):
+    """DPOTrainer whose reference logprobs live in a file keyed by what determines them."""
+
+    def __init__(self, *a, ref_cache: dict[str, Path], **kw):
+        self._ref_cache = ref_cache  # dataset name ("train"/"eval") -> cache file
+        super().__init__(*a, **kw)
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        path = self._ref_cache.get(name)
+        if path is not None and path.is_file():
+            saved = torch.load(path)
+            if len(saved["chosen"]) == len(dataset):
+                log.info("reference logprobs for %s: cache hit %s", name, path)
+                return dataset.add_column("ref_chosen_logps", saved["chosen"].tolist()).add_column(
+                    "ref_rejected_logps", saved["rejected"].tolist())
+        out = super()._precompute_ref_logps(dataset, name, batch_size)
+        if path is not None and self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"chosen": torch.tensor(out["ref_chosen_logps"]),
+                        "rejected": torch.tensor(out["ref_rejected_logps"])}, tmp)
+            tmp.replace(path)
+            log.info("reference logprobs for %s: computed and cached at %s", name, path)
+        return out
+
+
+def ref_cache_key(ref_hash: str, data_sha: str, template: str, max_length: int) -> str:
+    blob = json.dumps({"ref": ref_hash, "data": data_sha, "template": template, "max_length": max_length})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def weights_hash(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(ctx: StageContext) -> dict:
+    st = ctx.stage
+    if ctx.mix.format != "preference":
+        raise ValueError(f"{ctx.mix.manifest['mix']}: DPO needs prompt/chosen/rejected rows, got {ctx.mix.format!r}")
+    # setup
+    model, tok = load_stage_model(ctx)
+    train_rows, counts = clean_pairs(ctx.mix.rows, tok, st.max_length, st.overlong)
+    if any(counts.values()):
+        log.warning("%s: pairs dropped/truncated: %s (of %d)", ctx.name, counts, len(ctx.mix.rows))
+    ctx.metrics.write({"stage": ctx.name, "step": 0, **{f"data/{k}": v for k, v in counts.items()}})
+    eval_pairs = []
+    if st.eval_pairs:
+        eval_pairs, _ = clean_pairs(resolve_mix(resolve_file(st.eval_pairs, ctx.recipe)).rows, tok, st.max_length,
+                                    st.overlong)
+    ref_hash = weights_hash(model)
+    cache_dir = ctx.recipe.output_dir / ".cache" / ctx.name
+    cache = {"train": cache_dir / f"ref-{ref_cache_key(ref_hash, ctx.mix.manifest['sha256'], ctx.chat_template, st.max_length)}.pt"}
+    if eval_pairs:
+        from posttrain.data.mix import rows_hash
+        cache["eval"] = cache_dir / f"ref-{ref_cache_key(ref_hash, rows_hash(eval_pairs), ctx.chat_template, st.max_length)}.pt"
+    grad_accum = max(1, st.batch_pairs // (st.micro_batch_size * world_size()))
+    args = DPOConfig(**training_args(st, ctx.trainer_dir, grad_accum, st.micro_batch_size),
+                     loss_type=[TRL_LOSS[st.loss_type]], beta=st.beta, max_length=st.max_length,
+                     truncation_mode="keep_start", precompute_ref_log_probs=True, dataset_num_proc=None)
+    trainer = CachedRefDPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None, processing_class=tok,
+        ref_cache=cache, callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())])
+    summary = {}
+    if eval_pairs:
+        before = trainer.evaluate()
+        summary["pref_accuracy_before"] = before.get("eval_rewards/accuracies")
+        summary["margin_before"] = before.get("eval_rewards/margins")
+    log.info("%s: %d pairs, %d pairs/step, %s beta %g, lr %g", ctx.name, len(train_rows),
+             st.micro_batch_size * grad_accum * world_size(), st.loss_type, st.beta, st.learning_rate)
+    # train
+    trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    summary.update(train_loss=trainer.state.log_history[-1].get("train_loss"), steps=trainer.state.global_step)
+    if eval_pairs:
+        after = trainer.evaluate()
+        summary["pref_accuracy"] = after.get("eval_rewards/accuracies")
+        summary["margin"] = after.get("eval_rewards/margins")
+        ctx.metrics.write({"stage": ctx.name, "step": trainer.state.global_step,
+                           **{k: v for k, v in after.items() if isinstance(v, (int, float))}})
+        log.info("%s: held-out preference accuracy %.3f -> %.3f, margin %.3f -> %.3f", ctx.name,
+                 summary["pref_accuracy_before"], summary["pref_accuracy"], summary["margin_before"], summary["margin"])
+    # cleanup
+    evals = finish(ctx, trainer.model, tok)
+    return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}

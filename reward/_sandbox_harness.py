@@ -1,0 +1,179 @@
+"""Runs inside the sandbox child (`python -I _sandbox_harness.py`, config on stdin).
+
+Standard library only, and no import of `reward`: this file is executed, not imported, by a
+fresh interpreter that must not pull the trainer's code in. Steps: read config, (as root in
+fresh namespaces) hide the host's writable and private dirs, drop to a throwaway uid, set
+rlimits, then run the untrusted code against the tests and print one result line tagged
+with a nonce that the code never sees on stdin/argv/env.
+"""
+
+import ctypes
+import io
+import json
+import os
+import resource
+import signal
+import sys
+
+MS_NOSUID, MS_NODEV, MS_BIND = 2, 4, 4096
+
+
+def _mount(libc, src, dst, fstype, flags, data):
+    rc = libc.mount(src.encode(), dst.encode(), fstype.encode() if fstype else None, flags,
+                    data.encode() if data else None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {src} on {dst}: {os.strerror(err)}")
+
+
+def _hidden_root(path):
+    """Topmost ancestor of `path` that other users cannot traverse (e.g. /root), or None."""
+    parts = os.path.abspath(path).split("/")[1:]
+    for i in range(1, len(parts) + 1):
+        anc = "/" + "/".join(parts[:i])
+        if os.path.isdir(anc) and not os.stat(anc).st_mode & 0o001:
+            return anc
+    return None
+
+
+def isolate(cfg):
+    """Root, inside unshare's mount/pid/net namespaces: nothing here touches the host's mounts."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    keep = {p: os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in cfg["expose"] if os.path.isdir(p)}
+    work_fd = os.open(cfg["workdir"], os.O_RDONLY | os.O_DIRECTORY)
+    # World-writable dirs are the only host places the dropped uid could write: cover them
+    # with throwaway tmpfs so "escaped" files vanish with the namespace.
+    for d in cfg["private_dirs"]:
+        if os.path.isdir(d):
+            _mount(libc, "tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+    # The interpreter may live under a private dir (/root/.pyenv): cover that dir with an empty
+    # tmpfs (hiding its secrets) and bind back only the parts Python needs, read via held fds.
+    covered = set()
+    for path, fd in keep.items():
+        top = _hidden_root(path)
+        if top is None:
+            continue
+        if top not in covered:
+            _mount(libc, "tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+            covered.add(top)
+        os.makedirs(path, exist_ok=True)
+        _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND, None)
+    os.makedirs("/tmp/sandbox", exist_ok=True)
+    _mount(libc, f"/proc/self/fd/{work_fd}", "/tmp/sandbox", None, MS_BIND, None)
+    os.chdir("/tmp/sandbox")
+    for fd in [work_fd, *keep.values()]:
+        os.close(fd)
+
+
+def drop_privileges(uid):
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def set_limits(cfg):
+    mem = cfg["memory_mb"] * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"]))
+    size = cfg["fsize_mb"] * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def block_sockets():
+    """Weak fallback when no network namespace is available: a speed bump, not a wall."""
+    import _socket
+    import socket
+
+    def refuse(*_a, **_k):
+        raise PermissionError("network disabled in sandbox")
+
+    for mod in (socket, _socket):
+        for name in ("socket", "socketpair", "create_connection", "getaddrinfo", "fromfd"):
+            if hasattr(mod, name):
+                setattr(mod, name, refuse)
+
+
+class CaseTimeout(BaseException):
+    """BaseException so `except Exception` in the untrusted code does not swallow it."""
+
+
+def _on_alarm(*_):
+    raise CaseTimeout()
+
+
+def _timed(fn, seconds):
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _describe(exc):
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def run_asserts(cfg):
+    ns = {"__name__": "solution"}
+    try:
+        _timed(lambda: exec(compile(cfg["code"], "solution.py", "exec"), ns), cfg["case_s"])
+    except BaseException as exc:  # the code itself failed: no test can pass
+        return {"passed": [False] * len(cfg["tests"]), "error": _describe(exc)}
+    passed, error = [], None
+    for test in cfg["tests"]:
+        try:
+            _timed(lambda: exec(compile(test, "test.py", "exec"), ns), cfg["case_s"])
+            passed.append(True)
+        except BaseException as exc:
+            passed.append(False)
+            error = error or _describe(exc)
+    return {"passed": passed, "error": error}
+
+
+def run_stdio(cfg):
+    try:
+        program = compile(cfg["code"], "solution.py", "exec")
+    except BaseException as exc:
+        return {"outputs": [None] * len(cfg["inputs"]), "error": _describe(exc)}
+    outputs, error = [], None
+    for stdin in cfg["inputs"]:
+        out = io.BytesIO()
+        sys.stdin = io.TextIOWrapper(io.BytesIO(str(stdin).encode()), encoding="utf-8")
+        sys.stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+        try:
+            _timed(lambda: exec(program, {"__name__": "__main__"}), cfg["case_s"])
+            ok = True
+        except SystemExit as exc:
+            ok = exc.code in (None, 0)
+        except BaseException as exc:
+            ok, error = False, error or _describe(exc)
+        outputs.append(out.getvalue()[: cfg["max_output"]].decode("utf-8", "replace") if ok else None)
+    return {"outputs": outputs, "error": error}
+
+
+def main():
+    cfg = json.loads(sys.stdin.buffer.read())
+    nonce = cfg.pop("nonce")
+    sys.stdin = open(os.devnull)
+    real_stdout = os.fdopen(os.dup(1), "w")
+    if cfg["isolate"]:
+        isolate(cfg)
+    else:
+        os.chdir(cfg["workdir"])
+    if cfg["uid"] is not None:
+        drop_privileges(cfg["uid"])
+    set_limits(cfg)
+    if not cfg["isolate"]:
+        block_sockets()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    result = run_stdio(cfg) if cfg["mode"] == "stdio" else run_asserts(cfg)
+    sys.stdout = sys.__stdout__
+    real_stdout.write("\n" + nonce + json.dumps(result) + "\n")
+    real_stdout.flush()
+    os._exit(0)  # skip atexit hooks the untrusted code may have registered
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from reward import metrics
+from reward._ifeval_checks import CHECKS, sentences
+from reward.ifeval import ifeval_reward
+
+EN = "The quick brown fox jumps over the lazy dog. It was a sunny day and everyone was happy."
+FR = "Le renard brun rapide saute par-dessus le chien paresseux. Il faisait beau et tout le monde était content."
+
+# (instruction id, kwargs, passing response, failing response)
+CASES = [
+    ("keywords:existence", {"keywords": ["fox", "dog"]}, EN, "Only a fox here."),
+    ("keywords:frequency", {"keyword": "cat", "frequency": 2, "relation": "at least"}, "cat cat", "one cat"),
+    ("keywords:frequency", {"keyword": "cat", "frequency": 2, "relation": "less than"}, "one cat", "cat cat"),
+    ("keywords:forbidden_words", {"forbidden_words": ["bad", "evil"]}, "a good badge", "a bad day"),
+    ("keywords:letter_frequency", {"letter": "z", "let_frequency": 3, "let_relation": "at least"}, "zzz buzz", "zebra"),
+    ("language:response_language", {"language": "fr"}, FR, EN),
+    ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "less than"}, "One. Two.", "One. Two. Three!"),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "first part\n***\nsecond part", "only one"),
+    ("length_constraints:number_words", {"num_words": 5, "relation": "at least"}, "one two three four five", "one two"),
+    ("length_constraints:nth_paragraph_first_word",
+     {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"}, "Start here.\n\nThen, finish.", "Start here.\n\nNow finish."),
+    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [name], at [address]", "Dear [name]"),
+    ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hello.\nP.S. bye", "Hello. bye"),
+    ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Hi\nP.P.S see you", "Hi\nP.S. see you"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* one\n* two", "* one\n* two\n- three"),
+    ("detectable_format:constrained_response", {}, "My answer is yes.", "Yes, definitely."),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "*one* and **two**", "*one* only"),
+    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
+     "Section 1\nintro\nSection 2\nbody", "Section 1\nall in one"),
+    ("detectable_format:json_format", {}, '```json\n{"a": 1}\n```', "{'a': 1}"),
+    ("detectable_format:title", {}, "<<My Title>>\ntext", "My Title\ntext"),
+    ("combination:two_responses", {}, "Answer A\n******\nAnswer B", "Answer A\n******\nAnswer A"),
+    ("combination:repeat_prompt", {"prompt_to_repeat": "Write a poem."}, "Write a poem. Roses are red.", "Roses are red."),
+    ("startend:end_checker", {"end_phrase": "Is there anything else?"}, "Done. Is there anything else?", "Is there anything else? Done."),
+    ("startend:quotation", {}, '"wrapped in quotes"', 'not "wrapped"'),
+    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"}, "VERY LOUD words", "only ONE"),
+    ("change_case:english_capital", {}, "THIS IS ALL IN CAPITAL LETTERS AND IN ENGLISH.", "This is not all caps."),
+    ("change_case:english_lowercase", {}, "this is all lowercase english text about dogs.", "This Has Capitals."),
+    ("punctuation:no_comma", {}, "no commas at all", "yes, a comma"),
+]
+
+
+def test_every_instruction_type_has_cases():
+    assert {c[0] for c in CASES} == set(CHECKS)
+
+
+@pytest.mark.parametrize("iid,kw,good,bad", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_instruction_pass_and_fail(iid, kw, good, bad):
+    assert ifeval_reward([good, bad], instruction_id_list=[[iid]] * 2, kwargs=[[kw]] * 2) == [1.0, 0.0]
+
+
+def test_all_vs_partial_and_constraints_column():
+    cons = {"instruction_id_list": ["punctuation:no_comma", "detectable_format:title", "keywords:existence"],
+            "kwargs": [{}, {}, {"keywords": ["dog"]}]}
+    text = ["<<T>> a dog, here"]
+    assert ifeval_reward(text, constraints=[cons]) == [0.0]
+    assert ifeval_reward(text, constraints=[json.dumps(cons)], mode="partial") == pytest.approx([2 / 3])
+
+
+def test_hf_union_schema_nones_are_dropped():
+    kw = {"num_words": 2, "relation": "at least", "keywords": None, "language": None}
+    assert ifeval_reward(["two words"], instruction_id_list=[["length_constraints:number_words"]], kwargs=[[kw]]) == [1.0]
+
+
+def test_think_block_is_stripped_first():
+    ids = [["punctuation:no_comma"]]
+    assert ifeval_reward(["<think>a, b, c</think>no commas"], instruction_id_list=ids, kwargs=[[{}]]) == [1.0]
+
+
+def test_loose_mode_drops_preamble_line():
+    comp = ["Sure, here it is:\nMy answer is yes."]
+    ids, kw = [["punctuation:no_comma"]], [[{}]]
+    assert ifeval_reward(comp, instruction_id_list=ids, kwargs=kw) == [0.0]
+    assert ifeval_reward(comp, instruction_id_list=ids, kwargs=kw, loose=True) == [1.0]
+
+
+def test_unknown_and_bad_kwargs_are_counted():
+    out = ifeval_reward(["x", "x", "x"], instruction_id_list=[["nope:nope"], ["length_constraints:number_words"], None],
+                        kwargs=[[{}], [{"relation": "at least"}], None])
+    assert out == [None, 0.0, None]
+    snap = metrics.snapshot()
+    assert snap["ifeval/unknown_instruction"] == 1 and snap["ifeval/bad_kwargs"] == 1
+
+
+def test_sentence_split_keeps_abbreviations():
+    assert len(sentences("Dr. Smith arrived. He sat down! Did he? Yes.")) == 4

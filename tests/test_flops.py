@@ -1,0 +1,56 @@
+"""The benchmark's FLOP count against hand counts of one-layer configs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from transformers import OlmoHybridConfig
+
+_spec = importlib.util.spec_from_file_location("bench_flops", Path(__file__).parents[1] / "benchmarks" / "flops.py")
+flops = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(flops)
+
+
+def one_layer(kind: str) -> OlmoHybridConfig:
+    c = OlmoHybridConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                         layer_types=["linear_attention", "full_attention"], num_attention_heads=2,
+                         num_key_value_heads=2, linear_num_key_heads=2, linear_num_value_heads=2,
+                         linear_key_head_dim=4, linear_value_head_dim=8, pad_token_id=None,
+                         eos_token_id=None, bos_token_id=None)
+    # The config insists on both layer kinds; the count only reads these two fields.
+    c.num_hidden_layers, c.layer_types = 1, [kind]
+    return c
+
+
+def test_attention_layer_hand_count():
+    c = one_layer("full_attention")
+    # per token: q,k,v,o 4*8*8 = 256 params, MLP 3*8*16 = 384, head 8*10 = 80 -> 2*720 = 1440
+    # attention over 3 tokens: QK^T and PV, 2*2*8 flops per (query, key) pair, 1+2+3 = 6 pairs -> 192
+    assert flops.train_flops(c, [3]) == 3 * (1440 * 3 + 192)
+    assert flops.forward_flops(c, 3)["attention"] == 192
+
+
+def test_gdn_layer_hand_count():
+    c = one_layer("linear_attention")
+    # q,k 2*8*8 + v,g 2*8*16 + a,b 2*8*2 + o 16*8 = 544 params; MLP 384, head 80 -> 2*1008 = 2016
+    # recurrence 6*K*V*heads = 6*4*8*2 = 384; conv 2*4*(8+8+16) = 256  -> 2656 a token
+    assert flops.train_flops(c, [5]) == 3 * 2656 * 5
+    assert flops.forward_flops(c, 5)["gdn"] == 384 * 5
+
+
+def test_attention_grows_with_document_length_and_stops_at_boundaries():
+    c = one_layer("full_attention")
+    per_token = [flops.forward_flops(c, n)["attention"] / n for n in (1024, 2048, 4096)]
+    assert per_token[1] == pytest.approx(2 * per_token[0], rel=1e-3)
+    assert per_token[2] == pytest.approx(2 * per_token[1], rel=1e-3)
+    # two packed documents do less attention work than one document of their joint length
+    assert flops.train_flops(c, [1000, 1000]) < flops.train_flops(c, [2000])
+    linear = {k: v for k, v in flops.forward_flops(c, 2000).items() if k != "attention"}
+    assert all(v == 2 * flops.forward_flops(c, 1000)[k] for k, v in linear.items())
+
+
+def test_mfu():
+    assert flops.mfu(798e12, 1.0) == 1.0
+    assert flops.mfu(399e12, 2.0) == 0.25
