@@ -130,6 +130,8 @@ class GRPOStage(StageBase):
     """Drop zero-variance groups and refill the batch."""
     skip_solved_rate: float = 0.875
     """Stop re-sampling prompts solved at least this often."""
+    solve_threshold: float = 1.0
+    """A rollout counts as solving its prompt when its weighted reward is at least this."""
     rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "math", "weight": 1.0}])
     engine: str = "hf"
     """Rollout engine: hf (transformers generate) | vllm."""

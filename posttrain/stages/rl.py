@@ -1,0 +1,208 @@
+"""RL stage: GRPO with verifiable rewards on TRL's GRPOTrainer, OlmoRL settings.
+
+What TRL gives is used as is: group advantages without std scaling (`scale_rewards: none`),
+token-level loss (`dapo`), clip-higher (epsilon / epsilon_high), no KL (beta 0), overlong
+masking, truncated importance sampling against vLLM's logprobs. What it lacks is added in
+`ActiveGRPOTrainer`: prompts come from a `PromptQueue` that retires prompts solved >= 87.5% of
+the time, zero-variance groups are dropped and the batch refilled with fresh prompts (active
+sampling), and the queue's state rides in every checkpoint so a resumed run never replays
+prompts. Rewards come from `reward/` by name and weight.
+
+setup (policy, prompts, rewards, engine) -> train -> cleanup (save, eval).
+Run it through the pipeline: `posttrain run tiny --stage rl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from posttrain.data.templates import generation_prefix
+from posttrain.metrics import ThroughputCallback
+from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
+from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, world_size
+
+log = logging.getLogger("posttrain")
+QUEUE_FILE = "prompt_queue.json"
+# Tensors aligned with completion tokens are right-padded; prompt tensors left-padded.
+_RIGHT = ("completion_ids", "completion_mask", "old_per_token_logps", "sampling_per_token_logps",
+          "ref_per_token_logps", "importance_sampling_ratio", "tool_mask")
+_LEFT = ("prompt_ids", "prompt_mask")
+
+
+def with_prefix(fn, prefix: str):
+    """The Think template puts `<think>` in the prompt; rewards should see the whole answer."""
+    if not prefix:
+        return fn
+
+    def wrapped(completions, **kw):
+        def add(c):
+            if isinstance(c, list) and c and isinstance(c[-1], dict):
+                return c[:-1] + [{**c[-1], "content": prefix + (c[-1].get("content") or "")}]
+            return prefix + c if isinstance(c, str) else c
+        return fn([add(c) for c in completions], **kw)
+    wrapped.__name__ = getattr(fn, "__name__", "reward")
+    return wrapped
+
+
+def cat_batches(parts: list[dict]) -> dict:
+    """Concatenate generation outputs along rows, padding sequence dims to the widest part."""
+    out = {}
+    for k in parts[0]:
+        vals = [p[k] for p in parts]
+        if not isinstance(vals[0], torch.Tensor) or vals[0].dim() == 0:
+            out[k] = vals[0]
+            continue
+        if vals[0].dim() >= 2 and k in _RIGHT + _LEFT:
+            w = max(v.shape[1] for v in vals)
+            vals = [F.pad(v, (w - v.shape[1], 0) if k in _LEFT else (0, w - v.shape[1])) for v in vals]
+        out[k] = torch.cat(vals, dim=0)
+    return out
+
+
+def select_rows(batch: dict, idx: torch.Tensor) -> dict:
+    return {k: (v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
+
+
+class ActiveGRPOTrainer(GRPOTrainer):
+    def __init__(self, *a, queue: PromptQueue, prompt_rows: list[dict], active: bool, solve_threshold: float,
+                 max_refills: int = 8, **kw):
+        super().__init__(*a, **kw)
+        self.queue, self.prompt_rows, self.active = queue, prompt_rows, active
+        self.solve_threshold, self.max_refills = solve_threshold, max_refills
+        self._last_rewards: torch.Tensor | None = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        r = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards = r  # gathered over processes, [rows, reward funcs], NaN where a reward does not apply
+        return r
+
+    def _round(self, n_prompts: int) -> tuple[dict, list[bool]]:
+        """Generate and score one batch of fresh prompts; record pass rates; say which groups carry signal."""
+        g = self.num_generations
+        idx = self.queue.take(n_prompts)
+        inputs = [dict(self.prompt_rows[i]) for i in idx for _ in range(g)]
+        out = super()._generate_and_score_completions(inputs)
+        w = self.reward_weights.to(self._last_rewards.device)
+        total = (torch.nan_to_num(self._last_rewards, nan=0.0) * w).sum(dim=1)
+        lo = self.accelerator.process_index * len(inputs)
+        mine = total[lo: lo + len(inputs)].tolist()
+        for j, i in enumerate(idx):
+            group = mine[j * g:(j + 1) * g]
+            self.queue.record(i, sum(x >= self.solve_threshold for x in group), g)
+        return out, nonzero_variance_groups(mine, g)
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        g, t0 = self.num_generations, time.perf_counter()
+        want = len(inputs) // g  # groups this process trains on per generation batch
+        kept, rounds, seen, dropped = [], 0, 0, 0
+        while True:
+            out, signal = self._round(want)
+            rounds += 1
+            seen += len(signal)
+            keep = signal if self.active else [True] * len(signal)
+            dropped += keep.count(False)
+            rows = torch.tensor([j * g + k for j, s in enumerate(keep) if s for k in range(g)], dtype=torch.long)
+            if len(rows):
+                kept.append(select_rows(out, rows.to(out["advantages"].device)))
+            have = sum(len(p["advantages"]) for p in kept) // g
+            # Every process must run the same number of rounds (generation gathers across them).
+            short = self.accelerator.gather(torch.tensor([max(want - have, 0)], device=self.accelerator.device))
+            if short.max().item() == 0 or rounds > self.max_refills:
+                break
+        if not kept:  # nothing carried signal even after refills: train on the last batch, advantages are 0
+            kept = [out]
+        batch = cat_batches(kept)
+        n = min(want, len(batch["advantages"]) // g) * g
+        if n < len(batch["advantages"]):
+            batch = select_rows(batch, torch.arange(n, device=batch["advantages"].device))
+        if n < want * g:
+            # Short after max_refills: pad with zero-advantage copies so every step has the same shape.
+            reps = torch.arange(want * g - n, device=batch["advantages"].device) % max(n, 1)
+            pad = select_rows(batch, reps)
+            pad["advantages"] = torch.zeros_like(pad["advantages"])
+            batch = cat_batches([batch, pad])
+        batch["num_items_in_batch"] = self.accelerator.gather(batch["completion_mask"].sum()).sum()
+        m = self._metrics["train"]
+        m["active/groups_filtered_frac"].append(dropped / max(seen, 1))
+        m["active/rounds"].append(rounds)
+        m["active/prompts_retired"].append(float(sum(self.queue.is_retired(i) for i in self.queue.solved)))
+        m["active/solve_rate"].append(sum(s for s, _ in self.queue.solved.values())
+                                      / max(sum(t for _, t in self.queue.solved.values()), 1))
+        m["time/rollout_s"].append(time.perf_counter() - t0)
+        return batch
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            ck = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            (ck / QUEUE_FILE).write_text(json.dumps(self.queue.state_dict()))
+
+
+def build_rewards(specs: list[dict], prefix: str):
+    from reward import build_reward_fn
+    funcs, weights = build_reward_fn([dict(s) for s in specs])
+    return [with_prefix(f, prefix) for f in funcs], weights
+
+
+def run(ctx: StageContext) -> dict:
+    st = ctx.stage
+    if ctx.mix.format != "prompt":
+        raise ValueError(f"{ctx.mix.manifest['mix']}: GRPO needs prompt rows with ground_truth, got {ctx.mix.format!r}")
+    # setup
+    model, tok = load_stage_model(ctx)
+    rows = [r for r in ctx.mix.rows
+            if len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True))
+            <= st.max_prompt_length]
+    if len(rows) < len(ctx.mix.rows):
+        log.warning("%s: dropped %d prompts longer than max_prompt_length %d", ctx.name,
+                    len(ctx.mix.rows) - len(rows), st.max_prompt_length)
+    funcs, weights = build_rewards(st.rewards, generation_prefix(ctx.chat_template))
+    g, ws = st.rollouts_per_prompt, world_size()
+    completions_per_step = st.prompts_per_step * g
+    micro = max(g, st.micro_batch_size - st.micro_batch_size % g)  # whole groups per micro-batch
+    accum = max(1, completions_per_step // (micro * ws))
+    base = training_args(st, ctx.trainer_dir, accum, micro)
+    args = GRPOConfig(
+        **base, num_generations=g, steps_per_generation=accum, num_iterations=1, beta=st.beta,
+        loss_type=st.loss_type, epsilon=st.epsilon, epsilon_high=st.epsilon_high, scale_rewards=st.scale_rewards,
+        temperature=st.temperature, top_p=1.0, max_completion_length=st.max_completion_length,
+        mask_truncated_completions=st.mask_truncated_completions, reward_weights=weights,
+        use_vllm=st.engine == "vllm", vllm_mode=st.vllm_mode, vllm_enable_sleep_mode=st.engine == "vllm",
+        vllm_importance_sampling_correction=st.engine == "vllm", vllm_importance_sampling_mode="token_truncate",
+        vllm_importance_sampling_clip_max=st.tis_cap, shuffle_dataset=False, log_completions=False,
+    )
+    queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=_rank(), world=ws)
+    resume = ctx.resume_checkpoint()
+    if resume and (Path(resume) / QUEUE_FILE).is_file():
+        queue.load_state_dict(json.loads((Path(resume) / QUEUE_FILE).read_text()))
+        log.info("%s: prompt queue restored (epoch %d, position %d)", ctx.name, queue.epoch, queue.pos)
+    # TRL's dataloader only paces the steps; prompts come from the queue.
+    trainer = ActiveGRPOTrainer(
+        model=model, args=args, reward_funcs=funcs, train_dataset=Dataset.from_list(rows), processing_class=tok,
+        queue=queue, prompt_rows=rows, active=st.active_sampling, solve_threshold=st.solve_threshold,
+        callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_prompt_length
+                                      + st.max_completion_length, ws)])
+    log.info("%s: %d prompts, %d prompts x %d rollouts per step, engine %s, lr %g", ctx.name, len(rows),
+             st.prompts_per_step, g, st.engine, st.learning_rate)
+    # train
+    trainer.train(resume_from_checkpoint=resume)
+    summary = {"steps": trainer.state.global_step,
+               "reward_last": next((h["reward"] for h in reversed(trainer.state.log_history) if "reward" in h), None)}
+    # cleanup
+    evals = finish(ctx, trainer.model, tok)
+    return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}
+
+
+def _rank() -> int:
+    import os
+    return int(os.environ.get("RANK", "0"))

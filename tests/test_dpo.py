@@ -1,0 +1,122 @@
+"""DPO: the loss by hand, TRL's loss against an independent forward, the reference cache, bad pairs."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import DPOConfig
+
+from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
+from posttrain.stages.dpo import CachedRefDPOTrainer, clean_pairs, ref_cache_key, weights_hash
+from posttrain.stages.losses import dpo_loss
+
+
+def pair(q, good, bad):
+    return {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": good}],
+            "rejected": [{"role": "assistant", "content": bad}]}
+
+
+PAIRS = [pair("1+2?", "<think>1+2=3</think>3", "<think>1+2=4</think>4"),
+         pair("5+5?", "<think>5+5=10</think>The answer is 10.", "<think>5+5=11</think>11"),
+         pair("7-2?", "<think>7-2=5</think>5", "<think>7-2=6</think>The answer is 6.")]
+
+
+def test_dpo_norm_by_hand_on_two_pairs():
+    pc, pr = torch.tensor([-10.0, -6.0]), torch.tensor([-12.0, -5.0])
+    rc, rr = torch.tensor([-11.0, -6.0]), torch.tensor([-11.0, -6.0])
+    lc, lr = torch.tensor([5.0, 2.0]), torch.tensor([4.0, 3.0])
+    out = dpo_loss(pc, pr, rc, rr, beta=5.0, loss_type="dpo_norm", chosen_len=lc, rejected_len=lr)
+    # pair 1: (1/5) - (-1/4) = 0.45 -> -log sigmoid(2.25); pair 2: 0 - (1/3) -> -log sigmoid(-5/3)
+    expect = [math.log(1 + math.exp(-2.25)), math.log(1 + math.exp(5 / 3))]
+    assert out["loss"].tolist() == pytest.approx(expect, abs=1e-6)
+    plain = dpo_loss(pc, pr, rc, rr, beta=5.0, loss_type="dpo")["loss"]  # log-ratios 1-(-1)=2 and 0-1=-1
+    assert plain.tolist() == pytest.approx([math.log(1 + math.exp(-10)), math.log(1 + math.exp(5))], abs=1e-6)
+
+
+def make_trainer(tmp_path, model, tok, cache=None, loss="sigmoid_norm"):
+    args = DPOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=3, loss_type=[loss], beta=5.0,
+                     max_length=64, precompute_ref_log_probs=True, report_to=[], use_cpu=True, bf16=False,
+                     gradient_checkpointing=False, dataset_num_proc=None, learning_rate=1e-3)
+    return CachedRefDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tok,
+                               ref_cache=cache or {})
+
+
+def completion_logps(model, tok, rows, key):
+    """Sum of completion-token logprobs by a plain forward, independent of TRL."""
+    out = []
+    for r in rows:
+        prompt = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False)
+        full = tok.apply_chat_template(r["prompt"] + r[key], tokenize=True, return_dict=False)
+        n = next(i for i, (a, b) in enumerate(zip(prompt + [None], full)) if a != b)
+        ids = torch.tensor([full])
+        with torch.no_grad():
+            lp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        tgt = ids[0, 1:]
+        out.append(lp[torch.arange(len(tgt)), tgt][n - 1:].sum().item())
+    return torch.tensor(out)
+
+
+@pytest.fixture
+def tiny():
+    tok = build_tiny_tokenizer("olmo-think")
+    return build_tiny_model(tok, seed=0), tok
+
+
+def test_loss_is_ln2_when_policy_equals_reference(tiny, tmp_path):
+    model, tok = tiny
+    tr = make_trainer(tmp_path, model, tok)
+    batch = tr._prepare_inputs(next(iter(tr.get_train_dataloader())))
+    loss = tr.compute_loss(tr.model, batch)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_cached_ref_logps_equal_a_live_forward_and_trl_loss_matches_ours(tiny, tmp_path):
+    model, tok = tiny
+    cache = {"train": tmp_path / "ref.pt"}
+    tr = make_trainer(tmp_path, model, tok, cache)
+    live_c, live_r = completion_logps(model, tok, PAIRS, "chosen"), completion_logps(model, tok, PAIRS, "rejected")
+    assert torch.tensor(tr.train_dataset["ref_chosen_logps"]) == pytest.approx(live_c, abs=1e-4)
+    assert torch.tensor(tr.train_dataset["ref_rejected_logps"]) == pytest.approx(live_r, abs=1e-4)
+    assert cache["train"].is_file()
+
+    with torch.no_grad():  # move the policy away from the reference
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    batch = tr._prepare_inputs(next(iter(tr.get_train_dataloader())))
+    trl_loss = tr.compute_loss(tr.model, batch).item()
+    # the dataloader shuffles: put our per-pair values in the batch's order
+    order = [int((live_c - v).abs().argmin()) for v in batch["ref_chosen_logps"].tolist()]
+    pc, pr = completion_logps(model, tok, PAIRS, "chosen")[order], completion_logps(model, tok, PAIRS, "rejected")[order]
+    lens = batch["completion_mask"].sum(1).float().chunk(2)
+    ours = dpo_loss(pc, pr, live_c[order], live_r[order], 5.0, "dpo_norm", lens[0], lens[1])["loss"].mean().item()
+    assert trl_loss == pytest.approx(ours, abs=1e-4)
+
+
+def test_cache_hit_skips_the_reference_forward(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    cache = {"train": tmp_path / "ref.pt"}
+    first = make_trainer(tmp_path, model, tok, cache).train_dataset["ref_chosen_logps"]
+    from trl import DPOTrainer
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", lambda *a, **k: pytest.fail("recomputed"))
+    assert make_trainer(tmp_path, model, tok, cache).train_dataset["ref_chosen_logps"] == first
+
+
+def test_cache_key_changes_with_each_input(tiny):
+    model, _ = tiny
+    base = dict(ref_hash=weights_hash(model), data_sha="d", template="t", max_length=64)
+    k = ref_cache_key(**base)
+    for field, value in (("ref_hash", "other"), ("data_sha", "e"), ("template", "u"), ("max_length", 65)):
+        assert ref_cache_key(**{**base, field: value}) != k, field
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert weights_hash(model) != base["ref_hash"]
+
+
+def test_bad_pairs_are_counted_and_dropped_or_truncated(tiny):
+    _, tok = tiny
+    rows = PAIRS + [pair("a", "same", "same"), pair("b", "", "x"), pair("c", "x" * 300, "y")]
+    kept, counts = clean_pairs(rows, tok, max_length=128, overlong="drop")
+    assert len(kept) == 3 and counts == {"identical": 1, "empty": 1, "overlong_dropped": 1, "overlong_truncated": 0}
+    kept, counts = clean_pairs(rows, tok, max_length=128, overlong="truncate")
+    assert len(kept) == 4 and counts["overlong_truncated"] == 1
