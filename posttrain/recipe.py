@@ -90,8 +90,9 @@ class StageBase:
 class SFTStage(StageBase):
     batch_tokens: int = 8192
     """Tokens per optimizer step (global). Rows per step = batch_tokens // max_length."""
-    packing: bool = False
-    """Pack rows padding-free with exact document boundaries (GDN state, conv, attention)."""
+    packing: bool = True
+    """Pack rows padding-free (TRL best-fit decreasing) with exact document boundaries for the GDN
+    state, the conv and attention. On by default: at 16-32K context padding wastes most of a GPU."""
 
 
 @dataclass
@@ -101,7 +102,8 @@ class DPOStage(StageBase):
     beta: float = 5.0
     batch_pairs: int = 128
     """Preference pairs per optimizer step (global)."""
-    packing: bool = False
+    packing: bool = True
+    """Pack chosen and rejected of all pairs in a micro-batch into one row (exact boundaries)."""
     overlong: str = "truncate"
     """Pairs longer than max_length: truncate (keep the start) | drop."""
     eval_pairs: str | None = None

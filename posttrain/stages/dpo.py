@@ -53,12 +53,73 @@ def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "t
     return kept, counts
 
 
-class CachedRefDPOTrainer(DPOTrainer):
-    """DPOTrainer whose reference logprobs live in a file keyed by what determines them."""
+class PackedPairCollator:
+    """Packs prompt+chosen and prompt+rejected of every pair in the batch into one row.
 
-    def __init__(self, *a, ref_cache: dict[str, Path], **kw):
+    Chosen sequences come first, then rejected, so per-document sums split into the two halves.
+    TRL's own DPO padding-free is disabled upstream; this uses the exact-packing path instead.
+    """
+
+    def __init__(self, max_length: int, pad_token_id: int):
+        self.max_length, self.pad = max_length, pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        from posttrain.data.packing import pack_sequences
+        seqs, masks = [], []
+        for key in ("chosen_ids", "rejected_ids"):
+            for ex in examples:
+                ids = (ex["prompt_ids"] + ex[key])[: self.max_length]
+                seqs.append(ids)
+                masks.append(([0] * len(ex["prompt_ids"]) + [1] * len(ex[key]))[: self.max_length])
+        out = pack_sequences(seqs, masks, pad_token_id=self.pad)
+        if "ref_chosen_logps" in examples[0]:
+            out["ref_chosen_logps"] = torch.tensor([ex["ref_chosen_logps"] for ex in examples])
+            out["ref_rejected_logps"] = torch.tensor([ex["ref_rejected_logps"] for ex in examples])
+        return out
+
+
+class CachedRefDPOTrainer(DPOTrainer):
+    """DPOTrainer whose reference logprobs live in a file keyed by what determines them,
+    optionally on packed pairs (exact document boundaries for GDN, conv and attention)."""
+
+    def __init__(self, *a, ref_cache: dict[str, Path], packed: bool = False, loss_type: str = "dpo_norm", **kw):
         self._ref_cache = ref_cache  # dataset name ("train"/"eval") -> cache file
+        self._packed, self._loss_type = packed, loss_type
+        if packed:  # before super(): the reference precompute in __init__ already uses it
+            kw["data_collator"] = PackedPairCollator(kw["args"].max_length, kw["processing_class"].pad_token_id)
         super().__init__(*a, **kw)
+
+    def _packed_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence completion logprob sums and completion lengths, [2 x pairs]."""
+        from posttrain.data.packing import packed_sequence_logps
+        keys = ("input_ids", "position_ids", "seq_idx", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                "max_length_k")
+        logits = model(**{k: batch[k] for k in keys}, use_cache=False).logits
+        return packed_sequence_logps(logits, batch["labels"], batch["spans"])
+
+    def compute_ref_log_probs(self, model, inputs):
+        if not self._packed:
+            return super().compute_ref_log_probs(model, inputs)
+        with torch.no_grad():
+            sums, _ = self._packed_logps(model, inputs)
+        return sums.chunk(2)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if not self._packed:
+            return super()._compute_loss(model, inputs, return_outputs)
+        from posttrain.stages.losses import dpo_loss
+        sums, counts = self._packed_logps(model, inputs)
+        (pc, pr), (lc, lr) = sums.chunk(2), counts.chunk(2)
+        out = dpo_loss(pc, pr, inputs["ref_chosen_logps"].to(pc), inputs["ref_rejected_logps"].to(pc), self.beta,
+                       self._loss_type, lc, lr)
+        mode = "train" if model.training else "eval"
+        cr, rr = out["chosen_reward"], out["rejected_reward"]
+        for k, v in (("rewards/chosen", cr.mean()), ("rewards/rejected", rr.mean()),
+                     ("rewards/accuracies", (cr > rr).float().mean()), ("rewards/margins", (cr - rr).mean()),
+                     ("logps/chosen", pc.detach().mean()), ("logps/rejected", pr.detach().mean())):
+            self._metrics[mode][k].append(self.accelerator.gather(v).mean().item())
+        loss = out["loss"].mean()
+        return (loss, {}) if return_outputs else loss
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
         path = self._ref_cache.get(name)
@@ -116,10 +177,14 @@ def run(ctx: StageContext) -> dict:
     args = DPOConfig(**training_args(st, ctx.trainer_dir, grad_accum, st.micro_batch_size),
                      loss_type=[TRL_LOSS[st.loss_type]], beta=st.beta, max_length=st.max_length,
                      truncation_mode="keep_start", precompute_ref_log_probs=True, dataset_num_proc=None)
+    if st.packing:
+        from posttrain.model.packing import enable_exact_packing
+        log.info("%s: packed pairs, kernels %s", ctx.name,
+                 enable_exact_packing(model, allow_fallback=ctx.recipe.cfg.model.allow_kernel_fallback))
     trainer = CachedRefDPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None, processing_class=tok,
-        ref_cache=cache, callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())])
+        ref_cache=cache, packed=st.packing, loss_type=st.loss_type, callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())])
     summary = {}
     if eval_pairs:
         before = trainer.evaluate()

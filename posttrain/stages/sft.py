@@ -31,21 +31,20 @@ def run(ctx: StageContext) -> dict:
     model, tok = load_stage_model(ctx)
     rows_per_step = max(1, st.batch_tokens // st.max_length)
     grad_accum = max(1, rows_per_step // (st.micro_batch_size * world_size()))
+    # Packing: TRL packs rows best-fit-decreasing and its padding-free collator emits
+    # cu_seq_lens; our patch makes the GDN state, the conv and attention honour them.
     args = SFTConfig(
         **training_args(st, ctx.trainer_dir, grad_accum, st.micro_batch_size),
-        max_length=st.max_length, assistant_only_loss=True, packing=False, dataset_num_proc=None,
+        max_length=st.max_length, assistant_only_loss=True, packing=st.packing, packing_strategy="bfd",
+        padding_free=st.packing, dataset_num_proc=None,
     )
-    collator = None
     if st.packing:
-        from posttrain.data.packing import PackedCollator
         from posttrain.model.packing import enable_exact_packing
         report = enable_exact_packing(model, allow_fallback=ctx.recipe.cfg.model.allow_kernel_fallback)
-        log.info("%s: packed batches, kernels %s", ctx.name, report)
-        collator = PackedCollator(max_length=st.max_length * st.micro_batch_size, pad_token_id=tok.pad_token_id)
-        args.per_device_train_batch_size = st.micro_batch_size
+        log.info("%s: packed rows of %d tokens, kernels %s", ctx.name, st.max_length, report)
     eval_ds = _messages_only(ctx.eval_rows[:256]) if ctx.eval_rows else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=_messages_only(ctx.mix.rows), eval_dataset=eval_ds,
-                         processing_class=tok, data_collator=collator,
+                         processing_class=tok,
                          callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length,
                                                        world_size())])
     log.info("%s: %d rows, %d rows/step (micro %d x accum %d x world %d), lr %g",

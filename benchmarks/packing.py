@@ -1,0 +1,278 @@
+"""SFT step throughput: padded batches vs exact packing (ours) vs stock padding-free.
+
+One step = forward, backward and a fused AdamW step, on a ~1.4B OlmoHybrid with the 7B's
+width ratios (hidden 2048, 16 layers 3:1 GDN:attention, GDN K/V head dims 96/192, MLP 2.875x,
+vocab 100352), bf16 weights. Documents are drawn long-tailed (log-normal, mean ~1K tokens,
+clipped to T) and the same pool feeds every mode at a token budget T per step:
+- padded: consecutive documents, batch x longest <= T, right-padded, the stock model;
+- stock:  best-fit-decreasing rows of <= T tokens, position_ids only (what TRL's padding-free
+          collator gives), the stock model: fast-ish but it leaks across documents;
+- packed: the same rows through PackedCollator + enable_exact_packing: exact.
+Real tokens/s counts document tokens only; MFU credits every mode the same per-document FLOPs
+(benchmarks/flops.py) against 798 TFLOP/s.
+
+    PYTHONPATH=. python benchmarks/packing.py [--seq-lens 4096 16384] [--profile]
+    PYTHONPATH=. python benchmarks/packing.py --size tiny --device cpu --seq-lens 256  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import OlmoHybridConfig, OlmoHybridForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flops import mfu, train_flops  # noqa: E402
+
+from posttrain.data.packing import IGNORE_INDEX, PackedCollator, best_fit_decreasing  # noqa: E402
+from posttrain.model.kernels import kernel_report  # noqa: E402
+from posttrain.model.packing import enable_exact_packing  # noqa: E402
+
+SIZES = {
+    "1b": dict(vocab_size=100352, hidden_size=2048, intermediate_size=5888, num_hidden_layers=16,
+               num_attention_heads=16, num_key_value_heads=16, linear_num_key_heads=16,
+               linear_num_value_heads=16, linear_key_head_dim=96, linear_value_head_dim=192),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=184, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=4, linear_num_key_heads=4,
+                 linear_num_value_heads=4, linear_key_head_dim=12, linear_value_head_dim=24),
+}
+PAD = 0
+
+
+def sample_lengths(n: int, max_len: int, mean: float = 1024, sigma: float = 1.0, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    mu = math.log(mean) - sigma**2 / 2  # log-normal with this mean before clipping
+    return [min(max_len, max(8, int(rng.lognormvariate(mu, sigma)))) for _ in range(n)]
+
+
+def padded_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    batches, cur, longest = [], [], 0
+    for i, n in enumerate(lengths):
+        if cur and max(longest, n) * (len(cur) + 1) > budget:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    return batches + ([cur] if cur else [])
+
+
+def padded_inputs(docs: list[list[int]], device) -> dict:
+    n = max(map(len, docs))
+    ids = torch.full((len(docs), n), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, d in enumerate(docs):
+        ids[r, : len(d)] = torch.tensor(d)
+        mask[r, : len(d)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, labels=labels).items()}
+
+
+def stock_inputs(batch: dict) -> dict:
+    # TRL's padding-free batch: one row, position_ids restarting per document, nothing else.
+    return {k: batch[k] for k in ("input_ids", "position_ids", "labels")}
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def run(model, opt, batches, docs_of, warmup: int, config, device) -> dict:
+    """Time one pass of SFT steps over `batches` after `warmup` untimed passes over the same
+    batches, so every shape's kernel compile/autotune (fla, tilelang, flex) is excluded."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(inputs):
+        loss = model(**inputs, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(warmup):
+        for inputs in batches:
+            step(inputs)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    t = time.perf_counter()
+    for inputs in batches:
+        loss = step(inputs)
+    sync()
+    total = time.perf_counter() - t
+    real = sum(map(sum, docs_of))
+    processed = sum(b["input_ids"].numel() for b in batches)
+    flops = sum(train_flops(config, lens) for lens in docs_of)
+    return {
+        "real_tokens_per_s": real / total,
+        "step_s": total / len(batches),
+        "real_fraction": real / processed,
+        "tflops": flops / total / 1e12,
+        "mfu": mfu(flops, total),
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "loss": loss.item(),
+    }
+
+
+KERNEL_GROUPS = [  # coarse buckets for "where does the step go"
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90_")),
+    ("attention (flex)", ("flex", "triton_tem")),
+    ("gdn/conv/norm (fla, tilelang)", ("chunk", "conv", "l2norm", "norm_gated", "layer_norm", "recompute", "wy",
+                                       "kkt", "delta", "solve_tril", "cumsum", "main_kernel", "kernel_kernel")),
+    ("elementwise/reduce (torch)", ("elementwise", "reduce", "copy", "cat", "fill", "index", "softmax", "triton_")),
+]
+
+
+def profile_step(model, opt, inputs, device, top: int = 10) -> dict:
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        model(**inputs, use_cache=False).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    # On CUDA only kernels: op-level rows would count the same time twice.
+    events = [e for e in prof.key_averages() if not cuda or e.device_type == DeviceType.CUDA]
+    total = sum(getattr(e, key) for e in events) or 1
+    groups: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        g = next((g for g, pats in KERNEL_GROUPS if any(p in name for p in pats)), "other")
+        groups[g] = groups.get(g, 0.0) + getattr(e, key) / 1e3
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return {
+        "total_ms": total / 1e3,
+        "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "top": [{"name": e.key[:100], "calls": e.count, "ms": getattr(e, key) / 1e3,
+                 "share": getattr(e, key) / total} for e in rows],
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=list(SIZES), default="1b")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--modes", nargs="+", default=["padded", "stock", "packed"])
+    ap.add_argument("--warmup", type=int, default=1, help="untimed passes over the timed batches")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps (distinct batches) per mode and T")
+    ap.add_argument("--docs", type=int, default=600)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "packing.json"))
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    config = OlmoHybridConfig(**SIZES[args.size], pad_token_id=PAD, eos_token_id=1, bos_token_id=None)
+    torch.manual_seed(0)
+    with device:  # initialise on the GPU: a CPU init of 1.4B parameters takes longer than the run
+        model = OlmoHybridForCausalLM(config).to(dtype).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+    pools = {}
+    for T in args.seq_lens:
+        lengths = sample_lengths(args.docs, T)
+        rng = torch.Generator().manual_seed(T)
+        docs = [torch.randint(2, config.vocab_size, (n,), generator=rng).tolist() for n in lengths]
+        rows = best_fit_decreasing(lengths, T)
+        random.Random(T).shuffle(rows)  # time typical rows, not only the first (fullest) ones
+        pools[T] = (lengths, docs, rows)
+
+    results = []
+    out = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "model": {"size": args.size, "params": n_params, **SIZES[args.size]},
+        "kernels": kernel_report(),
+        "doc_lengths": {str(T): {"mean": sum(p[0]) / len(p[0]), "max": max(p[0])} for T, p in pools.items()},
+        "results": results,
+    }
+
+    def save():  # after every row, so a run cut short still leaves its figures
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+    # Stock modes first, on the unpatched model; then patch in place for ours.
+    for mode in [m for m in ("padded", "stock", "packed") if m in args.modes]:
+        if mode == "packed":
+            report = enable_exact_packing(model)
+            print("packed kernels:", report)
+        for T in args.seq_lens:
+            lengths, docs, rows = pools[T]
+            n = args.steps
+            if mode == "padded":
+                groups = padded_batches(lengths, T)[:n]
+                batches = [padded_inputs([docs[i] for i in g], device) for g in groups]
+            else:
+                collate = PackedCollator(max_length=T, pad_token_id=PAD)
+                groups = rows[:n]
+                batches = [to_device(collate([{"input_ids": docs[i]} for i in g]), device) for g in groups]
+                if mode == "stock":
+                    batches = [stock_inputs(b) for b in batches]
+            docs_of = [[lengths[i] for i in g] for g in groups]
+            try:
+                r = run(model, opt, batches, docs_of, args.warmup, config, device)
+            except torch.cuda.OutOfMemoryError:
+                r = {"error": "out of memory"}
+                opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # each run starts unfragmented
+            r.update(mode=mode, seq_len=T)
+            results.append(r)
+            save()
+            print(fmt_row(r), flush=True)
+        if mode == "packed" and args.profile:
+            T = args.seq_lens[-1]  # batches are still this T's
+            prof = profile_step(model, opt, batches[0], device)
+            print(f"\none packed step at T={T}, profiled: {prof['total_ms']:.1f} ms of kernels")
+            for g, ms in prof["groups_ms"].items():
+                print(f"  {ms:9.2f} ms {100 * ms / prof['total_ms']:5.1f}%  {g}")
+            print("top 10 kernels:")
+            for e in prof["top"]:
+                print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']}")
+            results.append({"mode": "packed", "seq_len": T, "profile": prof})
+
+    save()
+    print("\n" + table(results))
+    return out
+
+
+def fmt_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['mode']:>7} T={r['seq_len']:>6}: {r['error']}"
+    return (f"{r['mode']:>7} T={r['seq_len']:>6}: {r['real_tokens_per_s']:>9.0f} real tok/s  "
+            f"{100 * r['mfu']:5.1f}% MFU  step {r['step_s']:.3f}s  real {100 * r['real_fraction']:.0f}%  "
+            f"peak {r['peak_mem_gb'] or 0:.1f} GB")
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| mode | T | real tokens/s | MFU | step (s) | real / processed tokens | peak GB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "profile" in r:
+            continue
+        if "error" in r:
+            lines.append(f"| {r['mode']} | {r['seq_len']} | {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['mode']} | {r['seq_len']} | {r['real_tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | "
+                     f"{r['step_s']:.3f} | {100 * r['real_fraction']:.0f}% | {r['peak_mem_gb'] or 0:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
