@@ -1,0 +1,50 @@
+"""CLI: dry run changes nothing, errors are one line with exit code 2, mix and stages print tables."""
+
+from pathlib import Path
+
+import pytest
+
+from posttrain.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    assert main(["run", "tiny", "--dry-run", f"output_dir={out}", "stages.sft.learning_rate=1e-4"]) == 0
+    text = capsys.readouterr().out
+    assert "dry run" in text and "sft" in text and "dpo" in text and "rl" in text
+    assert not out.exists()
+
+
+def test_override_after_options_and_bad_override(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "tiny", "--from", "dpo", "--dry-run", f"output_dir={tmp_path}/r"]) == 0
+    assert "sft" not in capsys.readouterr().out.split("\n", 3)[-1].split()[:1]
+    assert main(["run", "tiny", "--dry-run", "stages.sft.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "stages.sft.nope" in err and "tiny.yaml" in err
+
+
+def test_stage_with_missing_input_says_what_to_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "tiny", "--stage", "dpo", f"output_dir={tmp_path}/r"]) == 2
+    err = capsys.readouterr().err
+    assert "starts from 'sft'" in err and "--stage sft" in err
+
+
+def test_mix_and_stages_tables(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["mix", "data_mixes/tiny/eval_think.yaml"]) == 0
+    text = capsys.readouterr().out
+    assert "builtin:arith_think" in text and "rows 400" in text and "tokens" in text
+    assert main(["stages", "tiny", f"output_dir={tmp_path}/r"]) == 0
+    text = capsys.readouterr().out
+    assert "pending" in text and "grpo" in text
+
+
+def test_doctor_reports_kernels(capsys):
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "torch" in text and "gdn" in text and "vllm" in text
