@@ -4,6 +4,8 @@
     posttrain run RECIPE [--stage S | --from S] [--mix STAGE=PATH] [key=value ...] [--dry-run]
     posttrain stages RECIPE                             # status and headline metric per stage
     posttrain mix data_mixes/x.yaml                     # resolved sources, rows, tokens, hash
+    posttrain export RUN --stage rl --as think --out DIR # verified HF/vLLM checkpoint
+    posttrain eval RUN [--stage S]                      # re-evaluate; one table across stages
     posttrain doctor                                    # torch/CUDA, fla/triton/tilelang, kernels
 """
 
@@ -53,7 +55,8 @@ def cmd_run(args) -> int:
         return 0
     t0 = time.time()
     results = pipe.run(args.stage, args.start, args.force)
-    print(f"\nfinished in {time.time() - t0:.0f} s; outputs in {recipe.output_dir}")
+    print(f"\nfinished in {time.time() - t0:.0f} s; outputs in {recipe.output_dir}"
+          f" (report: {recipe.output_dir / 'report.html'})")
     print(_table([[r["stage"], r["action"], _fmt(r.get("seconds")), _fmt(r.get("train_loss")),
                    _fmt(r.get("base_accuracy")), _fmt(r.get("accuracy"))] for r in results],
                  ["stage", "action", "seconds", "train loss", "accuracy before", "accuracy after"]))
@@ -140,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_mix)
     d = sub.add_parser("doctor", help="GPU, fla/triton/tilelang, deepspeed, vllm: what would run")
     d.set_defaults(fn=cmd_doctor)
+    from posttrain import export as export_mod, report as report_mod
+    ex = sub.add_parser("export", help="verified HF/vLLM checkpoint of a finished stage")
+    export_mod.build_parser(ex)
+    ex.set_defaults(fn=export_mod.cmd_export)
+    ev = sub.add_parser("eval", help="re-evaluate finished stages; one table base -> each stage")
+    report_mod.build_eval_parser(ev)
+    ev.set_defaults(fn=report_mod.cmd_eval)
+    rp = sub.add_parser("report", help="write RUN/report.html")
+    report_mod.build_report_parser(rp)
+    rp.set_defaults(fn=report_mod.cmd_report)
     sv = sub.add_parser("serve", help="OpenAI-compatible chat server over a model dir (for judge tests)",
                         add_help=False)
     sv.add_argument("rest", nargs=argparse.REMAINDER)
@@ -160,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
     from posttrain.data.mix import MixError
+    from posttrain.export import ExportError
     from posttrain.pipeline import PipelineError
     from posttrain.recipe import RecipeError
+    from posttrain.report import ReportError
     try:
         return args.fn(args)
-    except (RecipeError, MixError, PipelineError) as e:
+    except (RecipeError, MixError, PipelineError, ExportError, ReportError) as e:
         print(f"posttrain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

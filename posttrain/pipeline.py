@@ -157,6 +157,13 @@ class Pipeline:
             results.append({"stage": p.name, "action": "resumed" if p.action == "resume" else "ran",
                             "seconds": round(time.time() - t0, 1), **summary})
         (self.out / "summary.json").write_text(json.dumps(results, indent=2))
+        from posttrain.export import run_exports
+        from posttrain.report import write_report
+        ready = [e for e in self.recipe.cfg.exports if read_done(self.stage_dir(e.stage))]
+        if ready:
+            for path in run_exports(self.out, ready) or []:
+                log.info("export ready: %s", path)
+        log.info("report: %s", write_report(self.out))
         return results
 
     def _run_stage(self, p: StagePlan) -> dict:
@@ -173,7 +180,9 @@ class Pipeline:
                            chat_template=self.template, mix=mix, eval_rows=ev.rows if ev else [])
         log.info("%s (%s): %s, key %s, %d rows from %s", p.name, p.kind,
                  "resuming" if p.action == "resume" else "starting", p.key, len(mix.rows), st.mix)
+        t0 = time.time()
         summary = _stage_module(p.kind).run(ctx)
+        summary["seconds"] = round(time.time() - t0, 1)
         (work / "config.yaml").write_text(self._recipe_yaml(p.name))
         (work / "manifest.json").write_text(json.dumps({"train": mix.manifest, "eval": ev.manifest if ev else None},
                                                        indent=2))

@@ -1,0 +1,475 @@
+"""Cross-stage evals and the run report.
+
+    posttrain eval RUN [--stage S] [--mix EVAL_MIX] [--max-examples N] [--base]
+        re-evaluates each finished stage's model on its eval mix (or EVAL_MIX), rewrites
+        RUN/STAGE/evals.json, and prints one table: base -> each stage.
+    posttrain report RUN
+        writes RUN/report.html: one self-contained file (plots embedded as base64 PNG) to
+        read or mail without the checkpoints beside it.
+
+Why one table: every stage is scored by the same greedy eval and the same verifiable reward,
+so a row per stage shows what each stage bought (and what it cost in format or length).
+The report reads only files a run leaves (DONE, metrics.jsonl, evals*.json, manifest.json,
+config.yaml, exports/*/export.json), so it also works on a run copied off the GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("posttrain")
+
+
+# ---- reading a run dir --------------------------------------------------------------------------
+def _json(p: Path):
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _yaml(p: Path) -> dict:
+    if not p.is_file():
+        return {}
+    from omegaconf import OmegaConf
+    try:
+        return OmegaConf.to_container(OmegaConf.load(p), resolve=False) or {}
+    except Exception:  # a hand-edited or truncated file must not break a report
+        return {}
+
+
+def stage_names(run_dir: Path) -> list[str]:
+    """Stages in recipe order (recipe.yaml); dirs with DONE not in it follow, oldest first."""
+    run_dir = Path(run_dir)
+    names = list((_yaml(run_dir / "recipe.yaml").get("stages") or {}).keys())
+    extra = [p.parent for p in run_dir.glob("*/DONE") if p.parent.name not in names]
+    extra.sort(key=lambda d: (_json(d / "DONE") or {}).get("finished", 0))
+    return names + [d.name for d in extra]
+
+
+def read_stage(run_dir: Path, name: str) -> dict:
+    """Everything a finished (or not) stage left behind, parsed; missing parts are None/empty."""
+    from posttrain.metrics import read_metrics
+    d = Path(run_dir) / name
+    done = _json(d / "DONE")
+    cfg = _yaml(d / "config.yaml")
+    st = (cfg.get("stages") or {}).get(name) or (_yaml(Path(run_dir) / "recipe.yaml").get("stages") or {}).get(name, {})
+    return {"name": name, "dir": d, "done": done, "kind": (done or {}).get("kind") or st.get("kind"),
+            "config": cfg, "stage": st, "manifest": _json(d / "manifest.json"), "evals": _json(d / "evals.json"),
+            "evals_base": _json(d / "evals_base.json"), "metrics": read_metrics(d / "metrics.jsonl") if done else []}
+
+
+def stage_chain(run_dir: Path, name: str) -> list[str]:
+    """The stages a model went through, first to `name`, following init_from."""
+    stages = _yaml(Path(run_dir) / "recipe.yaml").get("stages") or {}
+    chain, cur = [], name
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = (stages.get(cur) or read_stage(run_dir, cur)["stage"] or {}).get("init_from")
+    return chain[::-1]
+
+
+def stage_time_tokens(s: dict, run_summary: dict | None = None) -> tuple[float | None, float | None, float | None]:
+    """(seconds, tokens, mean tokens/s) of a stage from what it logged."""
+    m = s["metrics"]
+    secs = (run_summary or {}).get("seconds") or ((s["done"] or {}).get("summary") or {}).get("seconds")
+    if secs is None:
+        secs = next((r["train_runtime"] for r in reversed(m) if "train_runtime" in r), None)
+    if secs is None and len(m) > 1 and "time" in m[0]:
+        secs = m[-1]["time"] - m[0]["time"]
+    tokens = max((r["num_tokens"] for r in m if isinstance(r.get("num_tokens"), (int, float))), default=None)
+    tps = [r["tokens_per_s"] for r in m if isinstance(r.get("tokens_per_s"), (int, float))]
+    return secs, tokens, (sum(tps) / len(tps) if tps else None)
+
+
+def eval_rows(run_dir: Path) -> list[dict]:
+    """The cross-stage eval table: base model (if evaluated), then each finished stage."""
+    run_dir = Path(run_dir)
+    rows = []
+    stages = [read_stage(run_dir, n) for n in stage_names(run_dir)]
+    base = next((s["evals_base"] for s in stages if s["evals_base"]), None)
+    if base:
+        rows.append({"stage": "base", "kind": "", **_ev(base)})
+    for s in stages:
+        if not s["done"]:
+            continue
+        summ = s["done"].get("summary") or {}
+        row = {"stage": s["name"], "kind": s["kind"], **_ev(s["evals"] or {})}
+        if summ.get("pref_accuracy") is not None:
+            row["pref_accuracy"] = summ["pref_accuracy"]
+            row["pref_accuracy_before"] = summ.get("pref_accuracy_before")
+            row["margin"] = summ.get("margin")
+        rows.append(row)
+    return rows
+
+
+def _ev(e: dict) -> dict:
+    return {k: e.get(k) for k in ("n", "accuracy", "format", "mean_length")}
+
+
+def _f(x, nd=3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+EVAL_COLUMNS = [("stage", "stage"), ("kind", "kind"), ("n", "n"), ("accuracy", "accuracy"), ("format", "format"),
+                ("mean_length", "mean length"), ("pref_accuracy_before", "pref acc before"),
+                ("pref_accuracy", "pref acc after"), ("margin", "margin")]
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = [(k, h) for k, h in EVAL_COLUMNS if k in ("stage", "accuracy") or any(r.get(k) is not None for r in rows)]
+    cells = [[_f(r.get(k), 1 if k == "mean_length" else 3) for k, _ in cols] for r in rows]
+    w = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(cols)]
+    line = lambda xs: "  ".join(x.ljust(n) for x, n in zip(xs, w)).rstrip()
+    return "\n".join([line([h for _, h in cols]), line(["-" * n for n in w])] + [line(c) for c in cells])
+
+
+# ---- eval ---------------------------------------------------------------------------------------
+def _resolve_mix_path(ref: str, run_dir: Path, cfg_source: str | None) -> Path:
+    cands = [Path(ref)]
+    if cfg_source:
+        src = Path(cfg_source)
+        cands += [src.resolve().parent.parent / ref, src.resolve().parent / ref]
+    for c in cands:
+        if c.is_file():
+            return c
+    raise ReportError(f"eval mix {ref} not found (looked in {', '.join(str(c) for c in cands)}); pass --mix PATH")
+
+
+class ReportError(RuntimeError):
+    """One line: what is missing."""
+
+
+def _source_of(run_dir: Path) -> str | None:
+    p = run_dir / "recipe.yaml"
+    if p.is_file():
+        first = p.read_text().splitlines()[:1]
+        if first and first[0].startswith("# resolved from "):
+            return first[0][len("# resolved from "):].strip()
+    return None
+
+
+def eval_run(run_dir: str | Path, stage: str | None = None, eval_mix: str | None = None,
+             max_examples: int | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
+             base: bool = False) -> list[dict]:
+    """Re-evaluate finished stages (all, or `stage`), rewrite their evals.json; return the table rows.
+
+    Settings default to each stage's own `eval:` block so numbers stay comparable with the
+    ones the run logged; `eval_mix` puts every stage on one held-out set. `base` also
+    re-evaluates the recipe's base model into the first stage's evals_base.json.
+    """
+    import torch
+    from posttrain.data.mix import resolve_mix
+    from posttrain.evaluate import evaluate_model
+    from posttrain.model.load import load_model, load_tokenizer
+    run_dir = Path(run_dir)
+    names = stage_names(run_dir)
+    if stage is not None and stage not in names:
+        raise ReportError(f"stage {stage} of {run_dir} has no finished output (no DONE)"
+                          + (f" (stages: {', '.join(names)})" if names else ""))
+    todo = [read_stage(run_dir, n) for n in ([stage] if stage else names)]
+    if stage is not None and not todo[0]["done"]:
+        raise ReportError(f"stage {stage} of {run_dir} has no finished output (no DONE)")
+    todo = [s for s in todo if s["done"]]
+    if not todo:
+        raise ReportError(f"{run_dir}: no finished stages (no */DONE)")
+    source = _source_of(run_dir)
+    mixes: dict[str, list] = {}
+
+    def rows_for(ev_cfg: dict) -> tuple[list, dict]:
+        ref = eval_mix or ev_cfg.get("mix")
+        if not ref:
+            return [], ev_cfg
+        if ref not in mixes:
+            mixes[ref] = resolve_mix(_resolve_mix_path(ref, run_dir, source)).rows
+        n = max_examples if max_examples is not None else ev_cfg.get("max_examples", 200)
+        return mixes[ref][:n], ev_cfg
+
+    def run_one(model, tok, ev_cfg, rows, out: Path, label: str) -> dict:
+        with torch.no_grad():
+            ev = evaluate_model(model, tok, rows, max_new_tokens or ev_cfg.get("max_new_tokens", 96),
+                                batch_size or ev_cfg.get("batch_size", 64))
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(ev, indent=2))
+        tmp.replace(out)
+        log.info("%s: accuracy %.3f, format %.3f, mean length %.1f (n=%d)", label, ev["accuracy"], ev["format"],
+                 ev["mean_length"], ev["n"])
+        return ev
+
+    recipe = _yaml(run_dir / "recipe.yaml")
+    if base and stage is None:
+        first = read_stage(run_dir, names[0])
+        rows, ev_cfg = rows_for((first["stage"] or {}).get("eval") or {})
+        m = recipe.get("model") or {}
+        if rows and first["done"] and not (first["stage"] or {}).get("init_from"):
+            tok = load_tokenizer(m.get("tokenizer") or m.get("name", "tiny"), _stage_template(first["dir"]))
+            model = load_model(m.get("name", "tiny"), m.get("dtype", "float32"), tokenizer=tok, seed=recipe.get("seed", 0))
+            run_one(model, tok, ev_cfg, rows, first["dir"] / "evals_base.json", "base")
+            del model
+    for s in todo:
+        rows, ev_cfg = rows_for((s["stage"] or {}).get("eval") or {})
+        if not rows:
+            log.info("%s: no eval mix (stage has none; pass --mix)", s["name"])
+            continue
+        m = recipe.get("model") or {}
+        tok = load_tokenizer(str(s["dir"] / "model"), _stage_template(s["dir"]))
+        model = load_model(s["dir"] / "model", m.get("dtype", "float32"), m.get("attn_implementation", "sdpa"),
+                           tokenizer=tok)
+        run_one(model, tok, ev_cfg, rows, s["dir"] / "evals.json", s["name"])
+        del model
+    return eval_rows(run_dir)
+
+
+def _stage_template(stage_dir: Path) -> str:
+    """The template the stage trained with (saved beside its model)."""
+    p = stage_dir / "model" / "chat_template.jinja"
+    if p.is_file():
+        return p.read_text()
+    return (_json(stage_dir / "model" / "tokenizer_config.json") or {}).get("chat_template") or ""
+
+
+# ---- plots --------------------------------------------------------------------------------------
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _series(metrics: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in metrics if isinstance(r.get(key), (int, float)) and "step" in r
+           and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _plots(stages: list[dict], evrows: list[dict], times: dict) -> list[tuple[str, str]]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = []
+    done = [s for s in stages if s["done"]]
+    with_loss = [s for s in done if _series(s["metrics"], "loss")[0]]
+    if with_loss:
+        fig, axes = plt.subplots(1, len(with_loss), figsize=(4.2 * len(with_loss), 3.2), squeeze=False)
+        for ax, s in zip(axes[0], with_loss):
+            ax.plot(*_series(s["metrics"], "loss"), marker=".", label="train loss")
+            x, y = _series(s["metrics"], "eval_loss")
+            if x:
+                ax.plot(x, y, "o", label="eval loss")
+            ax.set_title(f"{s['name']} ({s['kind']})")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        axes[0][0].set_ylabel("loss")
+        out.append(("Training loss per stage", _png(fig)))
+    for s in [s for s in done if s["kind"] == "dpo"]:
+        keys = [k for k in ("rewards/accuracies", "rewards/margins") if _series(s["metrics"], k)[0]]
+        if not keys:
+            continue
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            ax.plot(*_series(s["metrics"], k), marker=".")
+            ax.set_title(f"{s['name']}: {k.split('/')[-1]} (train batches)")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        out.append((f"DPO preference accuracy and margin: {s['name']}", _png(fig)))
+    for s in [s for s in done if s["kind"] == "grpo"]:
+        keys = sorted({k for r in s["metrics"] for k in r if k.startswith("reward") and not k.endswith("_std")
+                       and isinstance(r[k], (int, float))})
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+        for k in keys:
+            ax.plot(*_series(s["metrics"], k), marker=".", label=k)
+        ax.set_title(f"{s['name']}: rewards")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        out.append((f"GRPO rewards: {s['name']}", _png(fig)))
+    ev = [r for r in evrows if r.get("accuracy") is not None]
+    if ev:
+        fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(ev) + 2), 3.2))
+        w = 0.38
+        xs = range(len(ev))
+        for i, (k, lab) in enumerate((("accuracy", "accuracy"), ("format", "format"))):
+            vals = [r.get(k) or 0 for r in ev]
+            bars = ax.bar([x + (i - 0.5) * w for x in xs], vals, w, label=lab)
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.set_xticks(list(xs), [r["stage"] for r in ev])
+        ax.set_ylim(0, 1.12)
+        ax.set_title("Held-out eval: base -> each stage")
+        ax.legend(fontsize=8, loc="upper left")
+        out.append((EVAL_PLOT, _png(fig)))
+    tt = [(n, t) for n, t in times.items() if t[0] is not None]
+    if tt:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+        axes[0].bar([n for n, _ in tt], [t[0] for _, t in tt], color="tab:gray")
+        axes[0].set_title("wall time (s)")
+        tps = [(n, t[2]) for n, t in times.items() if t[2] is not None]
+        axes[1].bar([n for n, _ in tps], [v for _, v in tps], color="tab:green")
+        axes[1].set_title("mean training tokens/s")
+        out.append(("Time and throughput per stage", _png(fig)))
+    return out
+
+
+# ---- HTML ---------------------------------------------------------------------------------------
+EVAL_PLOT = "Held-out accuracy and format across stages"
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1150px;margin:24px auto;padding:0 16px;
+color:#222}h1{margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.sub{color:#666}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child,td.t{text-align:left}img{max-width:100%}
+table.exports td{text-align:left}code{background:#f4f4f4;padding:1px 4px}.missing{color:#999}"""
+
+
+def _cell(c) -> str:
+    s = str(c)
+    num = s.replace(",", "").replace(".", "", 1).replace("-", "", 1).replace("e", "", 1).isdigit() or s == ""
+    return f"<td>{html.escape(s)}</td>" if num else f'<td class="t">{html.escape(s)}</td>'
+
+
+def _html_table(header: list[str], rows: list[list], cls: str = "") -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><tr>{th}</tr>{body}</table>'
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write RUN/report.html and return its path."""
+    run_dir = Path(run_dir)
+    names = stage_names(run_dir)
+    if not names:
+        raise ReportError(f"{run_dir}: not a run directory (no recipe.yaml and no */DONE)")
+    recipe = _yaml(run_dir / "recipe.yaml")
+    stages = [read_stage(run_dir, n) for n in names]
+    summary = {r.get("stage"): r for r in (_json(run_dir / "summary.json") or []) if isinstance(r, dict)}
+    times = {s["name"]: stage_time_tokens(s, summary.get(s["name"]) if summary.get(s["name"], {}).get("action")
+                                          != "skipped" else None) for s in stages if s["done"]}
+    evrows = eval_rows(run_dir)
+    parts = [f"<h1>Run {html.escape(recipe.get('name') or run_dir.name)}</h1>",
+             f'<p class="sub">{html.escape(str(run_dir.resolve()))} &middot; recipe {html.escape(_source_of(run_dir) or "?")}'
+             f" &middot; base model <code>{html.escape(str((recipe.get('model') or {}).get('name', '?')))}</code>"
+             f" &middot; template <code>{html.escape(str(recipe.get('chat_template', '?')))}</code>"
+             f" &middot; generated {time.strftime('%Y-%m-%d %H:%M')}</p>"]
+
+    rows = []
+    for s in stages:
+        summ = (s["done"] or {}).get("summary") or {}
+        secs, tokens, tps = times.get(s["name"], (None, None, None))
+        mix = (s["manifest"] or {}).get("train") or {}
+        rows.append([s["name"], s["kind"] or "", "finished" if s["done"] else "not run",
+                     (s["stage"] or {}).get("init_from") or ("base" if s["done"] else ""),
+                     summ.get("steps", ""), _f(summ.get("train_loss"), 4),
+                     _f(secs, 1), f"{int(tokens):,}" if tokens else "", _f(tps, 0),
+                     f"{mix.get('name', '')} ({str(mix.get('sha256', ''))[:12]})" if mix else ""])
+    parts += ["<h2>Stages</h2>", _html_table(["stage", "kind", "status", "starts from", "steps", "train loss",
+                                              "seconds", "tokens", "tokens/s", "train mix (sha256)"], rows)]
+
+    plots = dict(_plots(stages, evrows, times))
+    img = lambda title: f'<img alt="{html.escape(title)}" src="data:image/png;base64,{plots[title]}">'
+    parts.append("<h2>Held-out eval across stages</h2>")
+    if evrows:
+        cols = [(k, h) for k, h in EVAL_COLUMNS if k in ("stage", "accuracy") or any(r.get(k) is not None for r in evrows)]
+        parts.append(_html_table([h for _, h in cols], [[_f(r.get(k), 1 if k == "mean_length" else 3) for k, _ in cols]
+                                                         for r in evrows], "evals"))
+        parts.append('<p class="sub">Greedy decoding; accuracy by the math verifier, format by the format reward. '
+                     "Preference accuracy on the held-out pairs before/after DPO.</p>")
+        if EVAL_PLOT in plots:
+            parts.append(img(EVAL_PLOT))
+    else:
+        parts.append('<p class="missing">No evals yet: run <code>posttrain eval RUN</code>.</p>')
+    for title in plots:
+        if title != EVAL_PLOT:
+            parts += [f"<h2>{html.escape(title)}</h2>", img(title)]
+
+    parts.append("<h2>Exports</h2>")
+    exports = sorted(p for p in (run_dir / "exports").glob("*") if p.is_dir() and not p.name.startswith("."))
+    if exports:
+        er = []
+        for p in exports:
+            info = _json(p / "export.json") or {}
+            v = info.get("verification") or {}
+            er.append(f'<tr><td><a href="exports/{html.escape(p.name)}/">{html.escape(p.name)}</a></td>'
+                      f"<td>{html.escape(str(info.get('stage', '?')))}</td><td>{html.escape(str(info.get('kind', '?')))}</td>"
+                      f"<td>{_f(v.get('max_abs_logit_diff'), 1) if v.get('max_abs_logit_diff') is None else format(v['max_abs_logit_diff'], '.1e')}</td>"
+                      f'<td><a href="exports/{html.escape(p.name)}/README.md">model card</a></td>'
+                      f"<td><code>vllm serve {html.escape(str(p.resolve()))}</code></td></tr>")
+        parts.append('<table class="exports"><tr><th>export</th><th>stage</th><th>kind</th><th>max |logit diff|</th><th>card</th>'
+                     "<th>serve</th></tr>" + "".join(er) + "</table>")
+    else:
+        parts.append('<p class="missing">No exports yet: <code>posttrain export RUN --stage S --as think</code>.</p>')
+
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>posttrain report: {html.escape(run_dir.name)}"
+           f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    out = run_dir / "report.html"
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(doc)
+    tmp.replace(out)
+    return out
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def build_eval_parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    ap = ap or argparse.ArgumentParser(prog="posttrain eval")
+    ap.add_argument("run", help="run directory (checkpoints/NAME)")
+    ap.add_argument("--stage", help="only this stage (default: every finished stage)")
+    ap.add_argument("--mix", dest="eval_mix", help="eval mix for every stage (default: each stage's eval.mix)")
+    ap.add_argument("--max-examples", type=int, help="examples per stage (default: the stage's eval.max_examples)")
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--base", action="store_true", help="also re-evaluate the base model")
+    return ap
+
+
+def build_report_parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    ap = ap or argparse.ArgumentParser(prog="posttrain report")
+    ap.add_argument("run", help="run directory (checkpoints/NAME)")
+    return ap
+
+
+def cmd_eval(args) -> int:
+    try:
+        rows = eval_run(args.run, args.stage, args.eval_mix, args.max_examples, args.max_new_tokens,
+                        args.batch_size, args.base)
+    except ReportError as e:
+        print(f"posttrain: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    return 0
+
+
+def cmd_report(args) -> int:
+    try:
+        out = write_report(args.run)
+    except ReportError as e:
+        print(f"posttrain: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(eval_rows(Path(args.run))))
+    print(f"report: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m posttrain.report eval RUN ...` / `python -m posttrain.report report RUN`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
+    ap = argparse.ArgumentParser(prog="python -m posttrain.report")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    build_eval_parser(sub.add_parser("eval")).set_defaults(fn=cmd_eval)
+    build_report_parser(sub.add_parser("report")).set_defaults(fn=cmd_report)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
