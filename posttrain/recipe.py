@@ -138,7 +138,11 @@ class GRPOStage(StageBase):
     engine: str = "hf"
     """Rollout engine: hf (transformers generate) | vllm."""
     vllm_mode: str = "colocate"
-    vllm_enforce_eager: bool = False
+    """colocate (same GPUs, sleep/wake between generation and training) | server (`trl vllm-serve`)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Fraction of each GPU vLLM may take in colocate mode (the rest trains)."""
+    vllm_server_base_url: str | None = None
+    """Server mode: where `trl vllm-serve` listens (NCCL weight updates go to its group port)."""
 
 
 STAGE_TYPES = {"sft": SFTStage, "dpo": DPOStage, "grpo": GRPOStage}

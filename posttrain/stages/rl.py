@@ -154,12 +154,29 @@ def build_rewards(specs: list[dict], prefix: str):
     return [with_prefix(f, prefix) for f in funcs], weights
 
 
+def prepare_vllm(ctx: StageContext, model, tok) -> None:
+    """vLLM on the hybrid: its sampler and in-process engine settings, the GDN conv loader fix, and
+    a checkpoint on disk in vLLM's naming for the engine to start from."""
+    import os
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # fails on the GPU image
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # CUDA is already up in the trainer
+    from posttrain.vllm_plugin import register
+    register()  # the entry point does this when posttrain is installed; PYTHONPATH runs need it here
+    if not Path(model.name_or_path or "").is_dir():
+        init = ctx.work_dir / "init_model"
+        model.save_pretrained(init, save_original_format=False)
+        tok.save_pretrained(init)
+        model.name_or_path = str(init)
+
+
 def run(ctx: StageContext) -> dict:
     st = ctx.stage
     if ctx.mix.format != "prompt":
         raise ValueError(f"{ctx.mix.manifest['mix']}: GRPO needs prompt rows with ground_truth, got {ctx.mix.format!r}")
     # setup
     model, tok = load_stage_model(ctx)
+    if st.engine == "vllm":
+        prepare_vllm(ctx, model, tok)
     rows = [r for r in ctx.mix.rows
             if len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True))
             <= st.max_prompt_length]
@@ -177,7 +194,10 @@ def run(ctx: StageContext) -> dict:
         loss_type=st.loss_type, epsilon=st.epsilon, epsilon_high=st.epsilon_high, scale_rewards=st.scale_rewards,
         temperature=st.temperature, top_p=1.0, max_completion_length=st.max_completion_length,
         mask_truncated_completions=st.mask_truncated_completions, reward_weights=weights,
-        use_vllm=st.engine == "vllm", vllm_mode=st.vllm_mode, vllm_enable_sleep_mode=st.engine == "vllm",
+        use_vllm=st.engine == "vllm", vllm_mode=st.vllm_mode,
+        vllm_enable_sleep_mode=st.engine == "vllm" and st.vllm_mode == "colocate",
+        vllm_gpu_memory_utilization=st.vllm_gpu_memory_utilization, vllm_server_base_url=st.vllm_server_base_url,
+        vllm_max_model_length=st.max_prompt_length + st.max_completion_length,
         vllm_importance_sampling_correction=st.engine == "vllm", vllm_importance_sampling_mode="token_truncate",
         vllm_importance_sampling_clip_max=st.tis_cap, shuffle_dataset=False, log_completions=False,
     )
