@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flops import mfu, train_flops  # noqa: E402
+from posttrain.model.flops import mfu, train_flops  # noqa: E402
 
 from posttrain.data.packing import IGNORE_INDEX, PackedCollator, best_fit_decreasing  # noqa: E402
 from posttrain.model.kernels import kernel_report  # noqa: E402

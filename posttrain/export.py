@@ -235,9 +235,12 @@ def _logits(model_dir: Path, ids: list[list[int]], **load_kw) -> tuple[list, dic
     from transformers import AutoModelForCausalLM
     model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, output_loading_info=True,
                                                        **load_kw)
-    model.eval()
+    # Where fla is installed, transformers routes the GDN kernels to fla (Triton, CUDA only) even
+    # for CPU tensors: run where the kernels can. Both copies run on the same device and kernels.
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(dev).eval()
     with torch.no_grad():  # one row each: no padding effects
-        out = [model(torch.tensor([x])).logits[0].float() for x in ids]
+        out = [model(torch.tensor([x], device=dev)).logits[0].float().cpu() for x in ids]
     big = sum(p.numel() for p in model.parameters()) > 1e8
     del model
     if big:  # free a 7B before loading the next copy; a full collection costs seconds on small runs too

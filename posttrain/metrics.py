@@ -1,9 +1,7 @@
 """Throughput and MFU arithmetic, and the metrics.jsonl writer every stage shares.
 
-MFU uses an explicit FLOP count per trained token: 6 x (matmul parameters) for forward +
-backward, plus the attention score/value products (12 x layers_attn x T_ctx x d_attn per
-token, causal halves it) and the GDN chunked-recurrence term, which is linear in T.
-The embedding lookup is not a matmul and is excluded; the LM head is.
+MFU uses the explicit FLOP count of posttrain.model.flops (matmuls, causal attention cut at
+document boundaries, the GDN recurrence, the conv), the same count the benchmarks use.
 """
 
 from __future__ import annotations
@@ -19,34 +17,9 @@ H100_BF16_PEAK = 798e12
 
 
 def flops_per_token(config, seq_len: int) -> float:
-    """Training FLOPs (forward + backward) per token of an OlmoHybrid config at context seq_len.
-
-    >>> from transformers import OlmoHybridConfig
-    >>> c = OlmoHybridConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=4,
-    ...     num_attention_heads=2, linear_key_head_dim=4, linear_value_head_dim=8,
-    ...     pad_token_id=None, eos_token_id=None)
-    >>> round(flops_per_token(c, 1))  # derived by hand in tests/test_metrics.py
-    23376
-    """
-    d, ff, v = config.hidden_size, config.intermediate_size, config.vocab_size
-    types = config.layer_types
-    n_attn = sum(t == "full_attention" for t in types)
-    n_gdn = len(types) - n_attn
-    hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
-    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    attn_params = d * (q + 2 * kv) + q * d
-    kd = config.linear_num_key_heads * config.linear_key_head_dim
-    vd = config.linear_num_value_heads * config.linear_value_head_dim
-    h = config.linear_num_value_heads
-    gdn_params = d * (2 * kd + 2 * vd + 2 * h) + vd * d  # q,k,v,g,a,b in; o out
-    mlp_params = 3 * d * ff
-    matmul_params = n_attn * attn_params + n_gdn * gdn_params + len(types) * mlp_params + d * v
-    dense = 6 * matmul_params
-    # causal attention: QK^T and PV, each 2*T*q flops/token forward, halved by causality, x3 for fwd+bwd
-    attn = n_attn * 3 * 2 * 2 * q * seq_len / 2
-    # GDN: state update and readout ~ 4 * K * V per head per token forward (chunked form ~ same order)
-    gdn = n_gdn * 3 * 4 * h * config.linear_key_head_dim * config.linear_value_head_dim
-    return float(dense + attn + gdn)
+    """Training FLOPs per token, counted as for one document of seq_len tokens (posttrain.model.flops)."""
+    from posttrain.model.flops import train_flops
+    return train_flops(config, [seq_len]) / seq_len
 
 
 def mfu(tokens_per_s: float, fpt: float, peak: float | None, n_devices: int = 1) -> float | None:

@@ -1,16 +1,11 @@
-"""The benchmark's FLOP count against hand counts of one-layer configs."""
+"""The FLOP count (MFU in benchmarks and in training logs) against hand counts of one-layer configs."""
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 from transformers import OlmoHybridConfig
 
-_spec = importlib.util.spec_from_file_location("bench_flops", Path(__file__).parents[1] / "benchmarks" / "flops.py")
-flops = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(flops)
+from posttrain.model import flops
 
 
 def one_layer(kind: str) -> OlmoHybridConfig:
@@ -54,3 +49,11 @@ def test_attention_grows_with_document_length_and_stops_at_boundaries():
 def test_mfu():
     assert flops.mfu(798e12, 1.0) == 1.0
     assert flops.mfu(399e12, 2.0) == 0.25
+
+
+def test_logged_flops_per_token_is_the_per_document_count():
+    """The trainer log's per-token figure is the same count, per token of a max-length document."""
+    from posttrain.metrics import flops_per_token, mfu
+    c = one_layer("full_attention")
+    assert flops_per_token(c, 100) == pytest.approx(flops.train_flops(c, [100]) / 100)
+    assert mfu(1000.0, 6e9, 798e12) == pytest.approx(6e12 / 798e12)

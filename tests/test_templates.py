@@ -39,3 +39,9 @@ def test_generation_prompt_opens_think_only_for_think():
 def test_decode_joins_characters(tiny_tok):
     text = "Ana has 12 pens.\nThe answer is 5."
     assert tiny_tok.decode(tiny_tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_think_tags_survive_skip_special_tokens(tiny_tok):
+    """TRL decodes completions with skip_special_tokens=True; rewards need the think tags."""
+    ids = tiny_tok("<think>1+1=2</think>The answer is 2.<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert tiny_tok.decode(ids, skip_special_tokens=True) == "<think>1+1=2</think>The answer is 2."

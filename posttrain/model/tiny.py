@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import OlmoHybridConfig, OlmoHybridForCausalLM, PreTrainedTokenizerFast
 
 from posttrain.data.templates import EOS, IM_END, IM_START, TEMPLATES, THINK_CLOSE, THINK_OPEN
@@ -32,8 +32,12 @@ def build_tiny_tokenizer(chat_template: str = "olmo-instruct") -> PreTrainedToke
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, unk_token="<unk>", pad_token=PAD, eos_token=IM_END,
-        additional_special_tokens=[EOS, IM_START, THINK_OPEN, THINK_CLOSE],
+        additional_special_tokens=[EOS, IM_START],
     )
+    # <think> and </think> are ordinary added tokens, as in Olmo's tokenizer: one token each, but
+    # kept by decode(skip_special_tokens=True), which is how TRL decodes RL completions. As
+    # special tokens they vanished there and every think-format reward scored 0.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
     tok.chat_template = TEMPLATES.get(chat_template, chat_template)
     tok.padding_side = "left"  # GDN layers need left padding for batched generation
     return tok
