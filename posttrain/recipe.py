@@ -108,6 +108,12 @@ class DPOStage(StageBase):
     """Pairs longer than max_length: truncate (keep the start) | drop."""
     eval_pairs: str | None = None
     """Held-out preference mix: preference accuracy and reward margin before and after the stage."""
+    rejected_from_policy: bool = False
+    """Replace each pair's rejected answer with the starting model's own sampled answer when the
+    math reward marks it wrong (on-policy negatives; rows need ground_truth). Off-policy negatives
+    that the model would never produce teach it little and can pull its good answers down too."""
+    rejected_max_new_tokens: int = 128
+    """Generation budget for those samples (tokens)."""
 
 
 @dataclass

@@ -149,3 +149,16 @@ def test_packed_pairs_match_padded_pairs(tmp_path):
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     for (n, p), q in zip(padded_model.named_parameters(), packed_model.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), n
+
+
+def test_policy_rejections_replace_only_wrong_samples(monkeypatch):
+    import posttrain.rollout.hf as hf
+    from posttrain.stages.dpo import policy_rejections
+    rows = [dict(pair(q, f"<think>{q}</think>The answer is {a}.", "given"), ground_truth=a)
+            for q, a in (("1+2?", "3"), ("5+5?", "10"), ("7-2?", "5"))]
+    samples = ["<think>1+2=3</think>The answer is 3.", "<think>5+5=11</think>The answer is 11.", ""]
+    monkeypatch.setattr(hf, "generate", lambda *a, **k: samples)
+    tok = build_tiny_tokenizer("olmo-think")
+    out, replaced = policy_rejections(None, tok, rows, max_new_tokens=8, seed=0)
+    assert replaced == 1
+    assert [r["rejected"][0]["content"] for r in out] == ["given", samples[1], "given"]

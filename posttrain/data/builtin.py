@@ -28,7 +28,7 @@ def _problem(rng: random.Random) -> dict:
     total = rng.randint(10, 99)
     start, steps, clauses = total, [], []
     for _ in range(rng.choice([2, 3])):
-        n = rng.randint(2, 29)
+        n = rng.randint(2, 9)
         if total - n >= 0 and rng.random() < 0.5:
             clauses.append(rng.choice(SUB).format(n=n)); steps.append(f"{total}-{n}={total - n}"); total -= n
         else:
@@ -91,7 +91,8 @@ def _prefs(answer_fn: Callable[[dict], str]) -> Callable[[str, int], list[dict]]
         rng = random.Random(seed + 1)
         return [{"prompt": [{"role": "user", "content": p["question"]}],
                  "chosen": [{"role": "assistant", "content": answer_fn(p)}],
-                 "rejected": [{"role": "assistant", "content": answer_fn(_slip(p, rng))}]}
+                 "rejected": [{"role": "assistant", "content": answer_fn(_slip(p, rng))}],
+                 "ground_truth": str(p["answer"])}
                 for p in problems(split, seed)]
     return rows
 

@@ -22,7 +22,7 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from posttrain.data.mix import resolve_mix
+from posttrain.data.mix import resolve_mix, rows_hash
 from posttrain.metrics import ThroughputCallback
 from posttrain.recipe import resolve_file
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, world_size
@@ -51,6 +51,35 @@ def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "t
             counts["overlong_truncated"] += 1
         kept.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
     return kept, counts
+
+
+def policy_rejections(model, tok, rows: list[dict], max_new_tokens: int, seed: int, batch_size: int = 128):
+    """Rows with `rejected` replaced by the model's own sampled answer wherever that answer is wrong.
+
+    Sampling at temperature 1 from the starting policy, graded by `reward.math` against the row's
+    ground_truth; a row whose sample is right keeps its given rejected answer. Returns the rows and
+    how many were replaced.
+    """
+    import torch
+
+    from posttrain.rollout.hf import generate
+    from reward.math import math_reward
+    from posttrain.data.templates import generation_prefix
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        samples = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, temperature=1.0)
+    scores = math_reward(samples, ground_truth=[r.get("ground_truth") for r in rows])
+    prefix = generation_prefix(tok.chat_template or "")
+    out, replaced = [], 0
+    for r, text, score in zip(rows, samples, scores):
+        if score == 0.0 and text.strip() and text != r["chosen"][-1]["content"]:
+            # generate() returns the generation prefix too; the template adds it again when rendering.
+            body = text if not prefix or text.startswith(prefix) else prefix + text
+            r = {**r, "rejected": [{"role": "assistant", "content": body}]}
+            replaced += 1
+        out.append(r)
+    return out, replaced
 
 
 class PackedPairCollator:
@@ -159,7 +188,15 @@ def run(ctx: StageContext) -> dict:
         raise ValueError(f"{ctx.mix.manifest['mix']}: DPO needs prompt/chosen/rejected rows, got {ctx.mix.format!r}")
     # setup
     model, tok = load_stage_model(ctx)
-    train_rows, counts = clean_pairs(ctx.mix.rows, tok, st.max_length, st.overlong)
+    rows = ctx.mix.rows
+    if st.rejected_from_policy:
+        if not all(r.get("ground_truth") is not None for r in rows):
+            raise ValueError(f"{ctx.mix.manifest['mix']}: rejected_from_policy needs a ground_truth column")
+        rows, replaced = policy_rejections(model, tok, rows, st.rejected_max_new_tokens, st.seed)
+        log.info("%s: %d of %d rejected answers replaced by the policy's own wrong answers", ctx.name, replaced,
+                 len(rows))
+        ctx.metrics.write({"stage": ctx.name, "step": 0, "data/rejected_from_policy": replaced})
+    train_rows, counts = clean_pairs(rows, tok, st.max_length, st.overlong)
     if any(counts.values()):
         log.warning("%s: pairs dropped/truncated: %s (of %d)", ctx.name, counts, len(ctx.mix.rows))
     ctx.metrics.write({"stage": ctx.name, "step": 0, **{f"data/{k}": v for k, v in counts.items()}})
@@ -169,9 +206,9 @@ def run(ctx: StageContext) -> dict:
                                     st.overlong)
     ref_hash = weights_hash(model)
     cache_dir = ctx.recipe.output_dir / ".cache" / ctx.name
-    cache = {"train": cache_dir / f"ref-{ref_cache_key(ref_hash, ctx.mix.manifest['sha256'], ctx.chat_template, st.max_length)}.pt"}
+    # Keyed by the pairs actually trained on (policy rejections change them), not just the mix file.
+    cache = {"train": cache_dir / f"ref-{ref_cache_key(ref_hash, rows_hash(train_rows), ctx.chat_template, st.max_length)}.pt"}
     if eval_pairs:
-        from posttrain.data.mix import rows_hash
         cache["eval"] = cache_dir / f"ref-{ref_cache_key(ref_hash, rows_hash(eval_pairs), ctx.chat_template, st.max_length)}.pt"
     grad_accum = max(1, st.batch_pairs // (st.micro_batch_size * world_size()))
     args = DPOConfig(**training_args(st, ctx.trainer_dir, grad_accum, st.micro_batch_size),
