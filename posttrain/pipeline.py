@@ -141,8 +141,11 @@ class Pipeline:
         blocked = [p for p in plans if p.action == "blocked"]
         if blocked:
             raise PipelineError(f"stage '{blocked[0].name}' {blocked[0].note}")
+        from accelerate import PartialState
+        main = PartialState().is_main_process
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.yaml").write_text(self._recipe_yaml())
+        if main:
+            (self.out / "recipe.yaml").write_text(self._recipe_yaml())
         results = []
         for p in plans:
             if p.note:
@@ -156,6 +159,8 @@ class Pipeline:
             summary = self._run_stage(p)
             results.append({"stage": p.name, "action": "resumed" if p.action == "resume" else "ran",
                             "seconds": round(time.time() - t0, 1), **summary})
+        if not main:
+            return results
         (self.out / "summary.json").write_text(json.dumps(results, indent=2))
         from posttrain.export import run_exports
         from posttrain.report import write_report
@@ -183,6 +188,12 @@ class Pipeline:
         t0 = time.time()
         summary = _stage_module(p.kind).run(ctx)
         summary["seconds"] = round(time.time() - t0, 1)
+        # Under `accelerate launch` every process runs the stage; only the main one finishes it.
+        from accelerate import PartialState
+        state = PartialState()
+        if not state.is_main_process:
+            state.wait_for_everyone()
+            return summary
         (work / "config.yaml").write_text(self._recipe_yaml(p.name))
         (work / "manifest.json").write_text(json.dumps({"train": mix.manifest, "eval": ev.manifest if ev else None},
                                                        indent=2))
@@ -192,6 +203,7 @@ class Pipeline:
                                    "summary": summary}, indent=2, default=str))
         tmp.replace(work / "DONE")
         self._swap_in(p.name, work)
+        state.wait_for_everyone()
         return summary
 
     def _swap_in(self, name: str, work: Path) -> None:

@@ -100,11 +100,20 @@ def base_eval(ctx: StageContext, model, tokenizer) -> dict:
     return ev
 
 
-def finish(ctx: StageContext, model, tokenizer) -> dict:
-    """Save the stage's model (model/), then the held-out eval into evals.json."""
-    model.save_pretrained(ctx.model_dir, save_original_format=False)
-    tokenizer.save_pretrained(ctx.model_dir)
+def finish(ctx: StageContext, trainer, tokenizer) -> dict:
+    """Save the stage's model (model/) in vLLM's naming, then the held-out eval into evals.json.
+
+    The state dict goes through the trainer's accelerator, which gathers ZeRO-3 shards onto the
+    main process; every process takes part in the gather and the eval, only the main one writes.
+    """
+    acc = trainer.accelerator
+    state = acc.get_state_dict(trainer.model_wrapped)
+    model = acc.unwrap_model(trainer.model)
+    if acc.is_main_process:
+        model.save_pretrained(ctx.model_dir, state_dict=state, save_original_format=False)
+        tokenizer.save_pretrained(ctx.model_dir)
+    acc.wait_for_everyone()
     ev = eval_stage_model(ctx, model, tokenizer)
-    if ev:
+    if ev and acc.is_main_process:
         (ctx.work_dir / "evals.json").write_text(json.dumps(ev, indent=2))
     return ev

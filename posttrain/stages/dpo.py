@@ -241,5 +241,5 @@ def run(ctx: StageContext) -> dict:
         log.info("%s: held-out preference accuracy %.3f -> %.3f, margin %.3f -> %.3f", ctx.name,
                  summary["pref_accuracy_before"], summary["pref_accuracy"], summary["margin_before"], summary["margin"])
     # cleanup
-    evals = finish(ctx, trainer.model, tok)
+    evals = finish(ctx, trainer, tok)
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}

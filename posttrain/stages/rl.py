@@ -219,7 +219,7 @@ def run(ctx: StageContext) -> dict:
     summary = {"steps": trainer.state.global_step,
                "reward_last": next((h["reward"] for h in reversed(trainer.state.log_history) if "reward" in h), None)}
     # cleanup
-    evals = finish(ctx, trainer.model, tok)
+    evals = finish(ctx, trainer, tok)
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}
 
 

@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> dict:
         summary["eval_loss"] = trainer.evaluate().get("eval_loss")
         ctx.metrics.write({"stage": ctx.name, "step": trainer.state.global_step, "eval_loss": summary["eval_loss"]})
     # cleanup
-    evals = finish(ctx, trainer.model, tok)
+    evals = finish(ctx, trainer, tok)
     if before:
         summary["base_accuracy"] = before["accuracy"]
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}
