@@ -50,6 +50,11 @@ def isolate(cfg):
     # tmpfs (hiding its secrets) and bind back only the parts Python needs, read via held fds.
     covered = set()
     for path, fd in keep.items():
+        if any(path == d or path.startswith(d + "/") for d in cfg["private_dirs"]):
+            # A venv under /tmp (a CI clone) vanished under the tmpfs above: bind it back.
+            os.makedirs(path, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND, None)
+            continue
         top = _hidden_root(path)
         if top is None:
             continue
