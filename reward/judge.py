@@ -87,7 +87,7 @@ class JudgeError(RuntimeError):
 
 def render(rubric: str, prompt: str, completion: str, reference: str | None, max_score: float) -> str:
     """Fill the rubric with plain replacement: completions are full of `{}` that str.format would choke on."""
-    hint = f" A reference answer is given; the response should agree with it." if reference else ""
+    hint = " A reference answer is given; the response should agree with it." if reference else ""
     ref = f"\n\n[Reference]\n{reference}" if reference else ""
     values = {"{prompt}": prompt + ref if "{reference}" not in rubric else prompt, "{completion}": completion,
               "{reference}": reference or "", "{reference_hint}": hint, "{max_score}": f"{max_score:g}"}

@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-import pytest
-
 from posttrain.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
