@@ -175,11 +175,9 @@ def ref_cache_key(ref_hash: str, data_sha: str, template: str, max_length: int) 
 
 
 def weights_hash(model) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
+    """The reference weights' identity, hashed the way TRL keys its own precompute."""
+    from trl.trainer.utils import hash_module
+    return hash_module(model)
 
 
 def run(ctx: StageContext) -> dict:

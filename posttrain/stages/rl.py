@@ -27,7 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 from posttrain.data.templates import generation_prefix
 from posttrain.metrics import ThroughputCallback
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
-from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, world_size
+from posttrain.stages.common import StageContext, finish, load_stage_model, rank, training_args, world_size
 
 log = logging.getLogger("posttrain")
 QUEUE_FILE = "prompt_queue.json"
@@ -201,7 +201,7 @@ def run(ctx: StageContext) -> dict:
         vllm_importance_sampling_correction=st.engine == "vllm", vllm_importance_sampling_mode="token_truncate",
         vllm_importance_sampling_clip_max=st.tis_cap, shuffle_dataset=False, log_completions=False,
     )
-    queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=_rank(), world=ws)
+    queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=ws)
     resume = ctx.resume_checkpoint()
     if resume and (Path(resume) / QUEUE_FILE).is_file():
         queue.load_state_dict(json.loads((Path(resume) / QUEUE_FILE).read_text()))
@@ -222,7 +222,3 @@ def run(ctx: StageContext) -> dict:
     evals = finish(ctx, trainer, tok)
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}
 
-
-def _rank() -> int:
-    import os
-    return int(os.environ.get("RANK", "0"))
