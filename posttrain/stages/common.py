@@ -44,9 +44,17 @@ class StageContext:
         return MetricsWriter(self.work_dir / "metrics.jsonl")
 
     def resume_checkpoint(self) -> str | None:
-        """Latest trainer checkpoint of this same attempt (the work dir is keyed by config hash)."""
+        """Latest complete trainer checkpoint of this same attempt (the work dir is keyed by config hash).
+
+        The Trainer writes a checkpoint in place, trainer_state.json last; a kill mid-save leaves a
+        folder without it, which is skipped rather than resumed from.
+        """
         cks = sorted(self.trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        return str(cks[-1]) if cks else None
+        complete = [c for c in cks if (c / "trainer_state.json").is_file()]
+        if len(complete) < len(cks) and cks[-1] not in complete:
+            log.warning("%s: %s is incomplete (killed while saving?); resuming from %s", self.name, cks[-1],
+                        complete[-1] if complete else "the start")
+        return str(complete[-1]) if complete else None
 
 
 def load_stage_model(ctx: StageContext):

@@ -30,7 +30,11 @@ from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
 from posttrain.stages.common import StageContext, finish, load_stage_model, rank, training_args, world_size
 
 log = logging.getLogger("posttrain")
-QUEUE_FILE = "prompt_queue.json"
+
+
+def queue_file(rank: int) -> str:
+    """Each rank draws its own stride of prompts and records its own pass rates, so each saves its own state."""
+    return "prompt_queue.json" if rank == 0 else f"prompt_queue.rank{rank}.json"
 # Tensors aligned with completion tokens are right-padded; prompt tensors left-padded.
 _RIGHT = ("completion_ids", "completion_mask", "old_per_token_logps", "sampling_per_token_logps",
           "ref_per_token_logps", "importance_sampling_ratio", "tool_mask")
@@ -67,6 +71,39 @@ def cat_batches(parts: list[dict]) -> dict:
     return out
 
 
+def step_time_split(rollout: float, sync: float, step: float) -> dict[str, float]:
+    """Seconds per part of one optimizer step. `step` is training_step's wall time, which holds the
+    rollout rounds (TRL generates inside it); a rollout round holds the weight sync (done before
+    generating), and generation here includes scoring and the trainer's old-logprob forward.
+
+    >>> d = step_time_split(rollout=7.0, sync=1.0, step=10.0)
+    >>> d["time/generation_s"], d["time/train_s"], d["time/generation_frac"]
+    (6.0, 3.0, 0.6)
+    """
+    total = max(step, rollout)
+    return {"time/generation_s": rollout - sync, "time/weight_sync_s": sync, "time/train_s": total - rollout,
+            "time/step_s": total, "time/generation_frac": (rollout - sync) / total if total else 0.0}
+
+
+def rollout_gap(batch: dict) -> dict[str, float | None]:
+    """KL(rollout engine || trainer) over completion tokens, from the engine's sampled-token
+    logprobs and the trainer's: the k3 estimator E[r - 1 - log r], r = p_trainer / p_engine,
+    which is >= 0 per token and unbiased under the engine's samples. TRL logs the mean |delta|.
+
+    >>> lp = torch.log(torch.tensor([[0.5, 0.25]]))
+    >>> b = {"old_per_token_logps": lp, "sampling_per_token_logps": lp, "completion_mask": torch.ones(1, 2)}
+    >>> rollout_gap(b)["sampling/kl_k3"]
+    0.0
+    """
+    old, samp = batch.get("old_per_token_logps"), batch.get("sampling_per_token_logps")
+    if old is None or samp is None:
+        return {"sampling/kl_k3": None}
+    mask = batch["completion_mask"].bool() & ~torch.isnan(samp)
+    log_r = (old - samp)[mask].float()
+    kl = (log_r.exp() - 1 - log_r).mean().item() if log_r.numel() else 0.0
+    return {"sampling/kl_k3": kl}
+
+
 def select_rows(batch: dict, idx: torch.Tensor) -> dict:
     return {k: (v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
 
@@ -78,6 +115,18 @@ class ActiveGRPOTrainer(GRPOTrainer):
         self.queue, self.prompt_rows, self.active = queue, prompt_rows, active
         self.solve_threshold, self.max_refills = solve_threshold, max_refills
         self._last_rewards: torch.Tensor | None = None
+        # Step time split: rollout rounds (generation + scoring + old logprobs), weight sync, and
+        # the rest of training_step (policy forward/backward), summed per optimizer step.
+        self._split = {"rollout": 0.0, "sync": 0.0, "step": 0.0}
+        self._micro = 0
+        if self.use_vllm:
+            sync = self.vllm_generation.sync_weights
+
+            def timed_sync():
+                t = time.perf_counter()
+                sync()
+                self._split["sync"] += time.perf_counter() - t
+            self.vllm_generation.sync_weights = timed_sync
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         r = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -138,14 +187,30 @@ class ActiveGRPOTrainer(GRPOTrainer):
         m["active/prompts_retired"].append(float(sum(self.queue.is_retired(i) for i in self.queue.solved)))
         m["active/solve_rate"].append(sum(s for s, _ in self.queue.solved.values())
                                       / max(sum(t for _, t in self.queue.solved.values()), 1))
-        m["time/rollout_s"].append(time.perf_counter() - t0)
+        for k, v in rollout_gap(batch).items():
+            if v is not None:
+                m[k].append(v)
+        self._split["rollout"] += time.perf_counter() - t0
         return batch
 
+    def training_step(self, *a, **kw):
+        t = time.perf_counter()
+        out = super().training_step(*a, **kw)
+        self._split["step"] += time.perf_counter() - t
+        self._micro += 1
+        if self._micro % self.args.gradient_accumulation_steps == 0:
+            for k, v in step_time_split(**self._split).items():
+                self._metrics["train"][k].append(v)
+            self._split = dict.fromkeys(self._split, 0.0)
+        return out
+
     def _save_checkpoint(self, model, trial):
+        # Before the Trainer's files: its trainer_state.json comes last and marks the checkpoint
+        # complete (StageContext.resume_checkpoint), so a complete checkpoint always has the queue.
+        ck = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        ck.mkdir(parents=True, exist_ok=True)
+        (ck / queue_file(self.queue.rank)).write_text(json.dumps(self.queue.state_dict()))
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            ck = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            (ck / QUEUE_FILE).write_text(json.dumps(self.queue.state_dict()))
 
 
 def build_rewards(specs: list[dict], prefix: str):
@@ -203,8 +268,8 @@ def run(ctx: StageContext) -> dict:
     )
     queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=ws)
     resume = ctx.resume_checkpoint()
-    if resume and (Path(resume) / QUEUE_FILE).is_file():
-        queue.load_state_dict(json.loads((Path(resume) / QUEUE_FILE).read_text()))
+    if resume and (Path(resume) / queue_file(rank())).is_file():
+        queue.load_state_dict(json.loads((Path(resume) / queue_file(rank())).read_text()))
         log.info("%s: prompt queue restored (epoch %d, position %d)", ctx.name, queue.epoch, queue.pos)
     # TRL's dataloader only paces the steps; prompts come from the queue.
     trainer = ActiveGRPOTrainer(
@@ -217,7 +282,9 @@ def run(ctx: StageContext) -> dict:
     # train
     trainer.train(resume_from_checkpoint=resume)
     summary = {"steps": trainer.state.global_step,
-               "reward_last": next((h["reward"] for h in reversed(trainer.state.log_history) if "reward" in h), None)}
+               "reward_last": next((h["reward"] for h in reversed(trainer.state.log_history) if "reward" in h), None),
+               # main process's queue: where the next prompt would come from, and how many were skipped
+               "prompt_queue": {k: v for k, v in queue.state_dict().items() if k != "solved"}}
     # cleanup
     evals = finish(ctx, trainer, tok)
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}
