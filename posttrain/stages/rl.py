@@ -104,6 +104,18 @@ def rollout_gap(batch: dict) -> dict[str, float | None]:
     return {"sampling/kl_k3": kl}
 
 
+def refill_size(short: int, seen: int, kept: int, want: int) -> int:
+    """Prompts to draw for a refill round: enough to cover `short` missing groups at the signal
+    rate seen so far this step (kept / seen groups), never more than a full batch.
+
+    >>> refill_size(short=4, seen=16, kept=12, want=16)  # 75% carry signal: 4 / 0.75 -> 6
+    6
+    >>> refill_size(short=16, seen=16, kept=0, want=16)  # nothing carried signal yet: a full batch
+    16
+    """
+    return max(1, min(want, -(-short * seen // max(kept, 1)) if kept else want))
+
+
 def select_rows(batch: dict, idx: torch.Tensor) -> dict:
     return {k: (v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
 
@@ -153,9 +165,9 @@ class ActiveGRPOTrainer(GRPOTrainer):
             return super()._generate_and_score_completions(inputs)
         g, t0 = self.num_generations, time.perf_counter()
         want = len(inputs) // g  # groups this process trains on per generation batch
-        kept, rounds, seen, dropped = [], 0, 0, 0
+        kept, rounds, seen, dropped, need = [], 0, 0, 0, want
         while True:
-            out, signal = self._round(want)
+            out, signal = self._round(need)
             rounds += 1
             seen += len(signal)
             keep = signal if self.active else [True] * len(signal)
@@ -164,10 +176,14 @@ class ActiveGRPOTrainer(GRPOTrainer):
             if len(rows):
                 kept.append(select_rows(out, rows.to(out["advantages"].device)))
             have = sum(len(p["advantages"]) for p in kept) // g
-            # Every process must run the same number of rounds (generation gathers across them).
-            short = self.accelerator.gather(torch.tensor([max(want - have, 0)], device=self.accelerator.device))
-            if short.max().item() == 0 or rounds > self.max_refills:
+            # Every process runs the same rounds with the same number of prompts (generation gathers
+            # across them); a refill asks for the shortfall scaled by the step's signal rate so far.
+            stats = self.accelerator.gather(torch.tensor([[max(want - have, 0), seen, have]],
+                                                         device=self.accelerator.device)).view(-1, 3)
+            short = int(stats[:, 0].max())
+            if short == 0 or rounds > self.max_refills:
                 break
+            need = refill_size(short, int(stats[:, 1].sum()), int(stats[:, 2].sum()), want)
         if not kept:  # nothing carried signal even after refills: train on the last batch, advantages are 0
             kept = [out]
         batch = cat_batches(kept)
@@ -234,6 +250,28 @@ def prepare_vllm(ctx: StageContext, model, tok) -> None:
         model.name_or_path = str(init)
 
 
+def grpo_config(st, output_dir, reward_weights: list[float]) -> GRPOConfig:
+    """The recipe's OlmoRL fields as TRL's GRPOConfig: one optimizer step per generation batch of
+    prompts_per_step x rollouts_per_prompt completions, micro-batches of whole groups."""
+    g, ws = st.rollouts_per_prompt, world_size()
+    completions_per_step = st.prompts_per_step * g
+    micro = max(g, st.micro_batch_size - st.micro_batch_size % g)  # whole groups per micro-batch
+    accum = max(1, completions_per_step // (micro * ws))
+    base = training_args(st, output_dir, accum, micro)
+    return GRPOConfig(
+        **base, num_generations=g, steps_per_generation=accum, num_iterations=1, beta=st.beta,
+        loss_type=st.loss_type, epsilon=st.epsilon, epsilon_high=st.epsilon_high, scale_rewards=st.scale_rewards,
+        temperature=st.temperature, top_p=1.0, max_completion_length=st.max_completion_length,
+        mask_truncated_completions=st.mask_truncated_completions, reward_weights=reward_weights,
+        use_vllm=st.engine == "vllm", vllm_mode=st.vllm_mode,
+        vllm_enable_sleep_mode=st.engine == "vllm" and st.vllm_mode == "colocate",
+        vllm_gpu_memory_utilization=st.vllm_gpu_memory_utilization, vllm_server_base_url=st.vllm_server_base_url,
+        vllm_max_model_length=st.max_prompt_length + st.max_completion_length,
+        vllm_importance_sampling_correction=st.engine == "vllm", vllm_importance_sampling_mode="token_truncate",
+        vllm_importance_sampling_clip_max=st.tis_cap, shuffle_dataset=False, log_completions=False,
+    )
+
+
 def run(ctx: StageContext) -> dict:
     st = ctx.stage
     if ctx.mix.format != "prompt":
@@ -249,24 +287,8 @@ def run(ctx: StageContext) -> dict:
         log.warning("%s: dropped %d prompts longer than max_prompt_length %d", ctx.name,
                     len(ctx.mix.rows) - len(rows), st.max_prompt_length)
     funcs, weights = build_rewards(st.rewards, generation_prefix(ctx.chat_template))
-    g, ws = st.rollouts_per_prompt, world_size()
-    completions_per_step = st.prompts_per_step * g
-    micro = max(g, st.micro_batch_size - st.micro_batch_size % g)  # whole groups per micro-batch
-    accum = max(1, completions_per_step // (micro * ws))
-    base = training_args(st, ctx.trainer_dir, accum, micro)
-    args = GRPOConfig(
-        **base, num_generations=g, steps_per_generation=accum, num_iterations=1, beta=st.beta,
-        loss_type=st.loss_type, epsilon=st.epsilon, epsilon_high=st.epsilon_high, scale_rewards=st.scale_rewards,
-        temperature=st.temperature, top_p=1.0, max_completion_length=st.max_completion_length,
-        mask_truncated_completions=st.mask_truncated_completions, reward_weights=weights,
-        use_vllm=st.engine == "vllm", vllm_mode=st.vllm_mode,
-        vllm_enable_sleep_mode=st.engine == "vllm" and st.vllm_mode == "colocate",
-        vllm_gpu_memory_utilization=st.vllm_gpu_memory_utilization, vllm_server_base_url=st.vllm_server_base_url,
-        vllm_max_model_length=st.max_prompt_length + st.max_completion_length,
-        vllm_importance_sampling_correction=st.engine == "vllm", vllm_importance_sampling_mode="token_truncate",
-        vllm_importance_sampling_clip_max=st.tis_cap, shuffle_dataset=False, log_completions=False,
-    )
-    queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=ws)
+    args = grpo_config(st, ctx.trainer_dir, weights)
+    queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=world_size())
     resume = ctx.resume_checkpoint()
     if resume and (Path(resume) / queue_file(rank())).is_file():
         queue.load_state_dict(json.loads((Path(resume) / queue_file(rank())).read_text()))
@@ -276,9 +298,9 @@ def run(ctx: StageContext) -> dict:
         model=model, args=args, reward_funcs=funcs, train_dataset=Dataset.from_list(rows), processing_class=tok,
         queue=queue, prompt_rows=rows, active=st.active_sampling, solve_threshold=st.solve_threshold,
         callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_prompt_length
-                                      + st.max_completion_length, ws)])
+                                      + st.max_completion_length, world_size())])
     log.info("%s: %d prompts, %d prompts x %d rollouts per step, engine %s, lr %g", ctx.name, len(rows),
-             st.prompts_per_step, g, st.engine, st.learning_rate)
+             st.prompts_per_step, st.rollouts_per_prompt, st.engine, st.learning_rate)
     # train
     trainer.train(resume_from_checkpoint=resume)
     summary = {"steps": trainer.state.global_step,
