@@ -91,7 +91,7 @@ def padded_pairs(examples: list[dict]) -> dict:
         for ex in examples:
             seqs.append(ex["prompt_ids"] + ex[key])
             masks.append([0] * len(ex["prompt_ids"]) + [1] * len(ex[key]))
-    W = max(map(len, seqs))
+    W = -(-max(map(len, seqs)) // 1024) * 1024  # bucketed: each new width recompiles fla's tilelang kernels
     ids = torch.full((len(seqs), W), PAD, dtype=torch.long)
     att = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE_INDEX)
@@ -191,7 +191,7 @@ def main(argv=None) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
 
-    collate = PackedPairCollator(max_length=T, pad_token_id=PAD)
+    collate = PackedPairCollator(max_length=T, pad_token_id=PAD, pad_to_multiple_of=T)  # one row shape
     # Stock (padded) modes first on the unpatched models; then patch both in place.
     for mode in sorted(args.modes, key=lambda m: m.startswith("packed")):
         packed, live = mode.startswith("packed"), mode.endswith("live")

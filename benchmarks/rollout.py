@@ -48,6 +48,13 @@ def main():
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(10, cfg.vocab_size, (a.prompts, a.prompt_len), generator=g).tolist()
     rows = []
+    res = {"device": torch.cuda.get_device_name(), "params": n_params, "batch": f"{a.prompts} x {a.rollouts}",
+           "prompt_len": a.prompt_len, "rows": rows}
+
+    def save():  # after every row: a call cut short still leaves its figures
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=2)
 
     from posttrain.vllm_plugin import register
     register()
@@ -68,6 +75,7 @@ def main():
         rows.append({"engine": "vllm (CUDA graphs)", "new_tokens_each": n_new, "seconds": v_s, "new_tokens": v_tokens,
                      "tokens_per_s": v_tokens / v_s, "engine_start_s": start_s})
         print(rows[-1], flush=True)
+        save()
     del llm
     torch.cuda.empty_cache()
 
@@ -87,22 +95,21 @@ def main():
             rows.append({"engine": "transformers generate", "new_tokens_each": n_new, "seconds": h_s,
                          "new_tokens": h_tokens, "tokens_per_s": h_tokens / h_s})
             print(rows[-1], flush=True)
+            save()
+        save()
     ratios = {}
     for n_new in a.new_tokens:
         v, h = (next(r for r in rows if r["new_tokens_each"] == n_new and r["engine"].startswith(e))
                 for e in ("vllm", "transformers"))
         ratios[str(n_new)] = v["tokens_per_s"] / h["tokens_per_s"]
-    res = {"device": torch.cuda.get_device_name(), "params": n_params, "batch": f"{a.prompts} x {a.rollouts}",
-           "prompt_len": a.prompt_len, "rows": rows, "vllm_over_hf": ratios}
+    res["vllm_over_hf"] = ratios
     print(f"{'engine':<24}{'new/seq':>8}{'seconds':>10}{'new tokens':>12}{'tokens/s':>12}")
     for r in rows:
         print(f"{r['engine']:<24}{r['new_tokens_each']:>8}{r['seconds']:>10.1f}{r['new_tokens']:>12}"
               f"{r['tokens_per_s']:>12.0f}")
     for n_new, x in ratios.items():
         print(f"vLLM / HF generate at {n_new} new tokens: {x:.1f}x on {n_params / 1e9:.2f}B params, {res['device']}")
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=2)
+    save()
 
 
 if __name__ == "__main__":

@@ -89,8 +89,10 @@ class PackedPairCollator:
     TRL's own DPO padding-free is disabled upstream; this uses the exact-packing path instead.
     """
 
-    def __init__(self, max_length: int, pad_token_id: int):
-        self.max_length, self.pad = max_length, pad_token_id
+    def __init__(self, max_length: int, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        # Rows padded to a multiple keep the set of shapes small: on the GPU every new row length
+        # recompiles fla's tilelang backward and the flex-attention kernel (~25 s each).
+        self.max_length, self.pad, self.multiple = max_length, pad_token_id, pad_to_multiple_of
 
     def __call__(self, examples: list[dict]) -> dict:
         from posttrain.data.packing import pack_sequences
@@ -100,7 +102,9 @@ class PackedPairCollator:
                 ids = (ex["prompt_ids"] + ex[key])[: self.max_length]
                 seqs.append(ids)
                 masks.append(([0] * len(ex["prompt_ids"]) + [1] * len(ex[key]))[: self.max_length])
-        out = pack_sequences(seqs, masks, pad_token_id=self.pad)
+        n = sum(map(len, seqs))
+        pad_to = -(-n // self.multiple) * self.multiple if self.multiple else None
+        out = pack_sequences(seqs, masks, pad_token_id=self.pad, pad_to=pad_to)
         if "ref_chosen_logps" in examples[0]:
             out["ref_chosen_logps"] = torch.tensor([ex["ref_chosen_logps"] for ex in examples])
             out["ref_rejected_logps"] = torch.tensor([ex["ref_rejected_logps"] for ex in examples])
@@ -115,7 +119,8 @@ class CachedRefDPOTrainer(DPOTrainer):
         self._ref_cache = ref_cache  # dataset name ("train"/"eval") -> cache file
         self._packed, self._loss_type = packed, loss_type
         if packed:  # before super(): the reference precompute in __init__ already uses it
-            kw["data_collator"] = PackedPairCollator(kw["args"].max_length, kw["processing_class"].pad_token_id)
+            kw["data_collator"] = PackedPairCollator(kw["args"].max_length, kw["processing_class"].pad_token_id,
+                                                     pad_to_multiple_of=kw["args"].max_length)
         super().__init__(*a, **kw)
 
     def _packed_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
