@@ -96,7 +96,6 @@ def main():
                          "new_tokens": h_tokens, "tokens_per_s": h_tokens / h_s})
             print(rows[-1], flush=True)
             save()
-        save()
     ratios = {}
     for n_new in a.new_tokens:
         v, h = (next(r for r in rows if r["new_tokens_each"] == n_new and r["engine"].startswith(e))
