@@ -46,11 +46,12 @@ def cmd_run(args) -> int:
     from posttrain.pipeline import Pipeline
     recipe = _load(args)
     pipe = Pipeline(recipe)
-    plans = pipe.plan(args.stage, args.start, args.force)
+    plans = pipe.plan(args.stage, args.start, args.force, dry=args.dry_run)
     print(f"recipe {recipe.source} -> {recipe.output_dir}")
-    print(_table([[p.name, p.kind, p.action, p.init_from or recipe.cfg.model.name, p.rows, p.key, p.note]
+    print(_table([[p.name, p.kind, p.action, p.init_from or recipe.cfg.model.name, _fmt(p.rows) or "?", p.key, p.note]
                   for p in plans], ["stage", "kind", "action", "starts from", "rows", "key", "note"]))
     if args.dry_run:
+        _print_estimates(recipe, plans, args.gpus, args.zero, args.gpu_gb)
         print("dry run: nothing was changed")
         return 0
     t0 = time.time()
@@ -61,6 +62,29 @@ def cmd_run(args) -> int:
                    _fmt(r.get("base_accuracy")), _fmt(r.get("accuracy"))] for r in results],
                  ["stage", "action", "seconds", "train loss", "accuracy before", "accuracy after"]))
     return 0
+
+
+def _print_estimates(recipe, plans, gpus: int | None, zero: int | None, gpu_gb: float) -> None:
+    """Steps, tokens and memory per GPU for each planned stage (posttrain.memory)."""
+    import os
+
+    from posttrain.memory import model_config, param_count, stage_estimate, stage_steps
+    gpus = gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    zero = zero if zero is not None else (3 if gpus > 1 else 0)
+    config, note = model_config(recipe.cfg.model.name)
+    params = param_count(config)
+    print(f"\nestimate: {params:,} parameters, {gpus} GPU(s) of {gpu_gb:g} GB, ZeRO-{zero}"
+          + (f" ({note})" if note else ""))
+    rows = []
+    for p in plans:
+        st = recipe.stages[p.name]
+        steps, tokens = stage_steps(st, p.rows, gpus)
+        m = stage_estimate(config, st, gpus, zero, gpu_gb, params=params)
+        rows.append([p.name, _fmt(steps) or "?", f"{tokens:,}", f"{m.weights_gb + m.grads_gb + m.optimizer_gb:.1f}",
+                     f"{m.activations_gb:.1f}", f"{m.logits_gb:.1f}", f"{m.rollout_engine_gb:.1f}",
+                     f"{m.total_gb:.1f}" + (" (over)" if m.total_gb > gpu_gb else "")])
+    print(_table(rows, ["stage", "steps", "tokens/step (max)", "weights+grads+optim GB", "activations GB",
+                        "logits GB", "rollout engine GB", "total GB/GPU"]))
 
 
 def cmd_stages(args) -> int:
@@ -129,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--from", dest="start", help="run this stage and the ones after it")
     r.add_argument("--mix", action="append", metavar="STAGE=PATH", help="swap a stage's data mix")
     r.add_argument("--force", action="store_true", help="rerun selected stages even if up to date")
-    r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    r.add_argument("--dry-run", action="store_true", help="print the plan, steps, tokens and memory per GPU; change nothing")
+    r.add_argument("--gpus", type=int, help="GPUs for the --dry-run memory estimate (default: $WORLD_SIZE or 1)")
+    r.add_argument("--zero", type=int, choices=[0, 2, 3], help="ZeRO stage for the estimate (default: 3 on >1 GPU)")
+    r.add_argument("--gpu-gb", type=float, default=80.0, help="memory of one GPU for the estimate")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("stages", help="stages of a recipe with status and outputs")
     s.add_argument("recipe")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from posttrain.data.mix import ResolvedMix, resolve_mix
+from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
 from posttrain.data.templates import resolve_template
 from posttrain.recipe import Recipe, resolve_file
 
@@ -55,7 +55,8 @@ class StagePlan:
     action: str
     """run | resume | skip | blocked"""
     init_from: str | None
-    rows: int
+    rows: int | None
+    """None: the data mix could not be resolved (dry runs only)"""
     note: str = ""
 
 
@@ -99,7 +100,10 @@ class Pipeline:
         return "stale" if done else "pending"
 
     # ---- planning -----------------------------------------------------------------------------
-    def plan(self, only: str | None = None, start: str | None = None, force: bool = False) -> list[StagePlan]:
+    def plan(self, only: str | None = None, start: str | None = None, force: bool = False,
+             dry: bool = False) -> list[StagePlan]:
+        """What each selected stage would do. dry: a data mix that cannot be resolved here (a hub
+        dataset offline) leaves that stage's key and rows unknown instead of failing."""
         names = list(self.recipe.stages)
         for flag, s in (("--stage", only), ("--from", start)):
             if s is not None and s not in names:
@@ -116,14 +120,21 @@ class Pipeline:
                     # The input is whatever finished output exists, not what the recipe would make now.
                     done = read_done(self.stage_dir(st.init_from))
                     parent_key = done["key"] if done else parent_key
-            k = keys[n] = self.key(n, parent_key)
+            note, rows = "", None
+            try:
+                k = keys[n] = self.key(n, parent_key)
+                rows = len(self.mix(st.mix).rows)
+            except MixError as e:
+                if not dry:
+                    raise
+                k = keys[n] = "unresolved"
+                note = f"data not resolved here ({e})"
             if n not in selected:
                 continue
             status = self.status(n, k)
             action = {"done": "skip", "partial": "resume"}.get(status, "run")
             if force and action == "skip":
                 action = "run"
-            note = ""
             if st.init_from and st.init_from not in selected:
                 pd = read_done(self.stage_dir(st.init_from))
                 if pd is None:
@@ -132,7 +143,7 @@ class Pipeline:
                                                f"--stage {st.init_from}` first")
                 elif pd["key"] != keys[st.init_from]:
                     note = f"'{st.init_from}' output is from different settings than the recipe now gives; using it as is"
-            plans.append(StagePlan(n, st.kind, k, action, st.init_from, len(self.mix(st.mix).rows), note))
+            plans.append(StagePlan(n, st.kind, k, action, st.init_from, rows, note))
         return plans
 
     # ---- running ------------------------------------------------------------------------------

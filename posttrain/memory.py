@@ -1,0 +1,113 @@
+"""Memory per GPU of a stage, estimated for `posttrain run --dry-run` before anything is launched.
+
+Mixed-precision AdamW as the stages run it under DeepSpeed: bf16 weights and gradients (2 + 2
+bytes a parameter) and fp32 master weights, momentum and variance (12 bytes). ZeRO-2 shards the
+gradients and optimizer state over the GPUs, ZeRO-3 the weights too; without ZeRO (one GPU) the
+trainer keeps weights in the model dtype and AdamW's two fp32 moments (8 bytes) beside them.
+Activations are estimated for one micro-batch of `tokens` tokens: with gradient checkpointing one
+bf16 hidden state per layer is kept plus one layer's working set; without it, every layer's. The
+LM head's logits (bf16, plus the fp32 copy the loss makes) are counted apart: at a 100K vocabulary
+they rival the rest. An estimate: kernel workspaces and allocator fragmentation come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GB = 2**30
+# bytes of saved activations per token per hidden unit inside one decoder layer (q/k/v/g and GDN
+# state inputs, MLP up/gate and activations, norms), bf16: a round figure from the 1B profile.
+LAYER_ACT_BYTES = 34
+
+
+@dataclass
+class MemoryEstimate:
+    params: int
+    weights_gb: float
+    grads_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    logits_gb: float
+    rollout_engine_gb: float = 0.0
+
+    @property
+    def total_gb(self) -> float:
+        return (self.weights_gb + self.grads_gb + self.optimizer_gb + self.activations_gb + self.logits_gb
+                + self.rollout_engine_gb)
+
+
+def param_count(config) -> int:
+    """Exact parameter count of the model a config describes (built on the meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate(params: int, hidden: int, layers: int, vocab: int, tokens: int, gpus: int = 1, zero: int = 0,
+             checkpointing: bool = True, ref_model: bool = False, engine_gb: float = 0.0) -> MemoryEstimate:
+    """Per-GPU memory in GiB.
+
+    >>> e = estimate(params=1_000_000_000, hidden=2048, layers=16, vocab=100_000, tokens=4096, gpus=8, zero=3)
+    >>> round(e.weights_gb + e.grads_gb + e.optimizer_gb, 3)   # 16 bytes x 1e9 / 8 GPUs
+    1.863
+    """
+    if zero == 3:
+        w, g, o = 2 * params / gpus, 2 * params / gpus, 12 * params / gpus
+    elif zero == 2:
+        w, g, o = 2 * params, 2 * params / gpus, 12 * params / gpus
+    else:
+        w, g, o = 2 * params, 2 * params, 8 * params
+    if ref_model:  # a live reference copy (DPO without the cache), bf16, sharded like the weights
+        w *= 2
+    per_layer = tokens * hidden * LAYER_ACT_BYTES
+    act = (layers * tokens * hidden * 2 + per_layer) if checkpointing else layers * per_layer
+    logits = tokens * vocab * (2 + 4)
+    return MemoryEstimate(params, w / GB, g / GB, o / GB, act / GB, logits / GB, engine_gb)
+
+
+def stage_tokens(stage) -> int:
+    """Tokens one micro-batch holds on one GPU, from the stage's own fields."""
+    kind = stage.kind
+    if kind == "sft":  # micro_batch_size rows of max_length (packed rows are filled to it)
+        return stage.micro_batch_size * stage.max_length
+    if kind == "dpo":  # chosen + rejected of every pair in the micro-batch
+        return 2 * stage.micro_batch_size * stage.max_length
+    return stage.micro_batch_size * (stage.max_prompt_length + stage.max_completion_length)
+
+
+def stage_estimate(config, stage, gpus: int, zero: int, gpu_gb: float = 80.0, params: int | None = None):
+    params = params if params is not None else param_count(config)
+    engine = 0.0
+    if stage.kind == "grpo" and stage.engine == "vllm" and stage.vllm_mode == "colocate":
+        engine = stage.vllm_gpu_memory_utilization * gpu_gb
+    return estimate(params, config.hidden_size, config.num_hidden_layers, config.vocab_size, stage_tokens(stage),
+                    gpus, zero, stage.gradient_checkpointing, ref_model=False, engine_gb=engine)
+
+
+def model_config(name: str):
+    """The base model's config without fetching weights: `tiny`, a local dir, the hub cache, or,
+    offline, transformers' OlmoHybridConfig defaults (the 7B shapes). Returns (config, note)."""
+    from transformers import AutoConfig, OlmoHybridConfig
+    if name == "tiny":
+        from posttrain.model.tiny import build_tiny_model
+        return build_tiny_model().config, ""
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True), ""
+    except (OSError, ValueError):
+        return OlmoHybridConfig(), f"{name} not available offline: assumed OlmoHybridConfig defaults (7B shapes)"
+
+
+def stage_steps(stage, rows: int | None, gpus: int) -> tuple[int | None, int]:
+    """Optimizer steps (None when the data is not resolved) and at most how many tokens one step trains on."""
+    if stage.kind == "sft":
+        per_step, tokens = max(1, stage.batch_tokens // stage.max_length), stage.batch_tokens
+    elif stage.kind == "dpo":
+        per_step, tokens = stage.batch_pairs, stage.batch_pairs * 2 * stage.max_length
+    else:
+        per_step = stage.prompts_per_step
+        tokens = per_step * stage.rollouts_per_prompt * (stage.max_prompt_length + stage.max_completion_length)
+    if stage.max_steps > 0:
+        return stage.max_steps, tokens
+    return (None if rows is None else max(1, int(rows * stage.num_epochs) // per_step)), tokens
