@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from packing import PAD, SIZES, to_device  # noqa: E402
+from packing import PAD, SIZES, markdown_table, to_device  # noqa: E402
 
 from posttrain.data.packing import IGNORE_INDEX, packed_sequence_logps  # noqa: E402
 from posttrain.model.flops import mfu, train_flops  # noqa: E402
@@ -229,15 +229,12 @@ def fmt_row(r: dict) -> str:
 
 
 def md_table(results: list[dict], T: int) -> str:
-    lines = ["| mode | T | real tokens/s | MFU | step (s) | pairs/step | real / processed | peak GB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['mode']} | {T} | {r['error']} | | | | | |")
-            continue
-        lines.append(f"| {r['mode']} | {T} | {r['real_tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['step_s']:.2f} | "
-                     f"{r['pairs_per_step']:.0f} | {100 * r['real_fraction']:.0f}% | {r['peak_mem_gb'] or 0:.1f} |")
-    return "\n".join(lines)
+    rows = [[r["mode"], T, r["error"]] if "error" in r else
+            [r["mode"], T, f"{r['real_tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{r['step_s']:.2f}",
+             f"{r['pairs_per_step']:.0f}", f"{100 * r['real_fraction']:.0f}%", f"{r['peak_mem_gb'] or 0:.1f}"]
+            for r in results]
+    return markdown_table(["mode", "T", "real tokens/s", "MFU", "step (s)", "pairs/step", "real / processed",
+                           "peak GB"], rows)
 
 
 if __name__ == "__main__":

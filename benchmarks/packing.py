@@ -260,18 +260,19 @@ def fmt_row(r: dict) -> str:
             f"peak {r['peak_mem_gb'] or 0:.1f} GB")
 
 
-def table(results: list[dict]) -> str:
-    lines = ["| mode | T | real tokens/s | MFU | step (s) | real / processed tokens | peak GB |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results:
-        if "profile" in r:
-            continue
-        if "error" in r:
-            lines.append(f"| {r['mode']} | {r['seq_len']} | {r['error']} | | | | |")
-            continue
-        lines.append(f"| {r['mode']} | {r['seq_len']} | {r['real_tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | "
-                     f"{r['step_s']:.3f} | {100 * r['real_fraction']:.0f}% | {r['peak_mem_gb'] or 0:.1f} |")
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table; short rows (an error message) are padded with empty cells."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(str, r + [""] * (len(headers) - len(r)))) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def table(results: list[dict]) -> str:
+    rows = [[r["mode"], r["seq_len"], r["error"]] if "error" in r else
+            [r["mode"], r["seq_len"], f"{r['real_tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{r['step_s']:.3f}",
+             f"{100 * r['real_fraction']:.0f}%", f"{r['peak_mem_gb'] or 0:.1f}"]
+            for r in results if "profile" not in r]
+    return markdown_table(["mode", "T", "real tokens/s", "MFU", "step (s)", "real / processed tokens", "peak GB"], rows)
 
 
 if __name__ == "__main__":
