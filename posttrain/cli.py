@@ -68,17 +68,17 @@ def _print_estimates(recipe, plans, gpus: int | None, zero: int | None, gpu_gb: 
     """Steps, tokens and memory per GPU for each planned stage (posttrain.memory)."""
     import os
 
-    from posttrain.memory import model_config, param_count, stage_estimate, stage_steps
+    from posttrain.memory import config_params, model_config, stage_estimate, stage_steps
     gpus = gpus or int(os.environ.get("WORLD_SIZE", "1"))
     zero = zero if zero is not None else (3 if gpus > 1 else 0)
     config, note = model_config(recipe.cfg.model.name)
-    params = param_count(config)
+    params = config_params(config)
     print(f"\nestimate: {params:,} parameters, {gpus} GPU(s) of {gpu_gb:g} GB, ZeRO-{zero}"
           + (f" ({note})" if note else ""))
     rows = []
     for p in plans:
         st = recipe.stages[p.name]
-        steps, tokens = stage_steps(st, p.rows, gpus)
+        steps, tokens = stage_steps(st, p.rows)
         m = stage_estimate(config, st, gpus, zero, gpu_gb, params=params)
         rows.append([p.name, _fmt(steps) or "?", f"{tokens:,}", f"{m.weights_gb + m.grads_gb + m.optimizer_gb:.1f}",
                      f"{m.activations_gb:.1f}", f"{m.logits_gb:.1f}", f"{m.rollout_engine_gb:.1f}",

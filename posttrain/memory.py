@@ -36,17 +36,18 @@ class MemoryEstimate:
                 + self.rollout_engine_gb)
 
 
-def param_count(config) -> int:
+def config_params(config) -> int:
     """Exact parameter count of the model a config describes (built on the meta device)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from posttrain.model.load import param_count
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+        return param_count(AutoModelForCausalLM.from_config(config))
 
 
 def estimate(params: int, hidden: int, layers: int, vocab: int, tokens: int, gpus: int = 1, zero: int = 0,
-             checkpointing: bool = True, ref_model: bool = False, engine_gb: float = 0.0) -> MemoryEstimate:
+             checkpointing: bool = True, engine_gb: float = 0.0) -> MemoryEstimate:
     """Per-GPU memory in GiB.
 
     >>> e = estimate(params=1_000_000_000, hidden=2048, layers=16, vocab=100_000, tokens=4096, gpus=8, zero=3)
@@ -59,8 +60,6 @@ def estimate(params: int, hidden: int, layers: int, vocab: int, tokens: int, gpu
         w, g, o = 2 * params, 2 * params / gpus, 12 * params / gpus
     else:
         w, g, o = 2 * params, 2 * params, 8 * params
-    if ref_model:  # a live reference copy (DPO without the cache), bf16, sharded like the weights
-        w *= 2
     per_layer = tokens * hidden * LAYER_ACT_BYTES
     act = (layers * tokens * hidden * 2 + per_layer) if checkpointing else layers * per_layer
     logits = tokens * vocab * (2 + 4)
@@ -78,12 +77,12 @@ def stage_tokens(stage) -> int:
 
 
 def stage_estimate(config, stage, gpus: int, zero: int, gpu_gb: float = 80.0, params: int | None = None):
-    params = params if params is not None else param_count(config)
+    params = params if params is not None else config_params(config)
     engine = 0.0
     if stage.kind == "grpo" and stage.engine == "vllm" and stage.vllm_mode == "colocate":
         engine = stage.vllm_gpu_memory_utilization * gpu_gb
     return estimate(params, config.hidden_size, config.num_hidden_layers, config.vocab_size, stage_tokens(stage),
-                    gpus, zero, stage.gradient_checkpointing, ref_model=False, engine_gb=engine)
+                    gpus, zero, stage.gradient_checkpointing, engine_gb=engine)
 
 
 def model_config(name: str):
@@ -99,7 +98,7 @@ def model_config(name: str):
         return OlmoHybridConfig(), f"{name} not available offline: assumed OlmoHybridConfig defaults (7B shapes)"
 
 
-def stage_steps(stage, rows: int | None, gpus: int) -> tuple[int | None, int]:
+def stage_steps(stage, rows: int | None) -> tuple[int | None, int]:
     """Optimizer steps (None when the data is not resolved) and at most how many tokens one step trains on."""
     if stage.kind == "sft":
         per_step, tokens = max(1, stage.batch_tokens // stage.max_length), stage.batch_tokens

@@ -2,7 +2,7 @@
 
 import pytest
 
-from posttrain.memory import GB, estimate, param_count, stage_steps
+from posttrain.memory import GB, config_params, estimate, stage_steps
 from posttrain.recipe import load_recipe
 
 N = 1_000_000_000
@@ -29,11 +29,11 @@ def test_activations_and_logits():
 
 def test_7b_parameter_count_and_steps():
     from transformers import OlmoHybridConfig
-    assert param_count(OlmoHybridConfig()) == 7_430_870_688
+    assert config_params(OlmoHybridConfig()) == 7_430_870_688
     r = load_recipe("olmo-hybrid-7b-think")
     sft, dpo = r.stages["sft"], r.stages["dpo"]
-    assert stage_steps(sft, rows=640, gpus=8) == (int(640 * sft.num_epochs) // 64, 64 * 32768)
-    assert stage_steps(dpo, rows=None, gpus=8) == (None, 128 * 2 * 16384)
+    assert stage_steps(sft, rows=640) == (int(640 * sft.num_epochs) // 64, 64 * 32768)
+    assert stage_steps(dpo, rows=None) == (None, 128 * 2 * 16384)
 
 
 def test_dry_run_prints_estimates_without_data(tmp_path, capsys, monkeypatch):

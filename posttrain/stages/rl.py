@@ -35,6 +35,8 @@ log = logging.getLogger("posttrain")
 def queue_file(rank: int) -> str:
     """Each rank draws its own stride of prompts and records its own pass rates, so each saves its own state."""
     return "prompt_queue.json" if rank == 0 else f"prompt_queue.rank{rank}.json"
+
+
 # Tensors aligned with completion tokens are right-padded; prompt tensors left-padded.
 _RIGHT = ("completion_ids", "completion_mask", "old_per_token_logps", "sampling_per_token_logps",
           "ref_per_token_logps", "importance_sampling_ratio", "tool_mask")
@@ -290,8 +292,9 @@ def run(ctx: StageContext) -> dict:
     args = grpo_config(st, ctx.trainer_dir, weights)
     queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=world_size())
     resume = ctx.resume_checkpoint()
-    if resume and (Path(resume) / queue_file(rank())).is_file():
-        queue.load_state_dict(json.loads((Path(resume) / queue_file(rank())).read_text()))
+    saved = Path(resume) / queue_file(rank()) if resume else None
+    if saved and saved.is_file():
+        queue.load_state_dict(json.loads(saved.read_text()))
         log.info("%s: prompt queue restored (epoch %d, position %d)", ctx.name, queue.epoch, queue.pos)
     # TRL's dataloader only paces the steps; prompts come from the queue.
     trainer = ActiveGRPOTrainer(
