@@ -129,10 +129,9 @@ class ActiveGRPOTrainer(GRPOTrainer):
         self.queue, self.prompt_rows, self.active = queue, prompt_rows, active
         self.solve_threshold, self.max_refills = solve_threshold, max_refills
         self._last_rewards: torch.Tensor | None = None
-        # Step time split: rollout rounds (generation + scoring + old logprobs), weight sync, and
-        # the rest of training_step (policy forward/backward), summed per optimizer step.
-        self._split = {"rollout": 0.0, "sync": 0.0, "step": 0.0}
-        self._micro = 0
+        # Step time split: rollout rounds (generation + scoring + old logprobs) and weight sync,
+        # summed per optimizer step; the rest of TRL's step_time is training.
+        self._split = {"rollout": 0.0, "sync": 0.0}
         if self.use_vllm:
             sync = self.vllm_generation.sync_weights
 
@@ -212,13 +211,12 @@ class ActiveGRPOTrainer(GRPOTrainer):
         return batch
 
     def training_step(self, *a, **kw):
-        t = time.perf_counter()
         out = super().training_step(*a, **kw)
-        self._split["step"] += time.perf_counter() - t
-        self._micro += 1
-        if self._micro % self.args.gradient_accumulation_steps == 0:
-            for k, v in step_time_split(**self._split).items():
-                self._metrics["train"][k].append(v)
+        train = self._metrics["train"]
+        if self._step % self.current_gradient_accumulation_steps == 0:
+            # TRL has just logged the optimizer step's training_step wall time as step_time; split it.
+            for k, v in step_time_split(step=train["step_time"][-1], **self._split).items():
+                train[k].append(v)
             self._split = dict.fromkeys(self._split, 0.0)
         return out
 
