@@ -31,16 +31,6 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 SPLIT = ("time/generation_s", "time/weight_sync_s", "time/train_s", "time/step_s", "time/generation_frac")
 
 
-def wide_tokenizer(vocab: int):
-    """The tiny chat tokenizer plus filler tokens up to `vocab`, so a 100K LM head decodes anywhere."""
-    from tokenizers import AddedToken
-
-    from posttrain.model.tiny import build_tiny_tokenizer
-    tok = build_tiny_tokenizer("olmo-think")
-    tok.add_tokens([AddedToken(f"<w{i}>", special=False, normalized=False) for i in range(vocab - len(tok))])
-    return tok
-
-
 def coin_reward(completions, **kw):
     return [float(random.Random(hash(str(c))).random() < 0.5) for c in completions]
 
@@ -65,6 +55,7 @@ def main(argv=None) -> dict:
     from posttrain.recipe import GRPOStage
     from posttrain.rollout.sampler import PromptQueue
     from posttrain.stages.rl import ActiveGRPOTrainer, grpo_config
+    from posttrain.model.tiny import build_tiny_tokenizer
     from posttrain.vllm_plugin import register
     register()
 
@@ -72,7 +63,7 @@ def main(argv=None) -> dict:
     cfg = one_b_config() if gpu else one_b_config(
         vocab=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=32)
-    tok = wide_tokenizer(cfg.vocab_size)
+    tok = build_tiny_tokenizer("olmo-think", vocab_size=cfg.vocab_size)
     cfg.pad_token_id, cfg.eos_token_id = tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")
     torch.manual_seed(0)
     with torch.device("cuda" if gpu else "cpu"):

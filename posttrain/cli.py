@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -197,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if rest:
         args.overrides = list(args.overrides) + rest
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
+    # Under a distributed launch every rank runs this; only the main one talks (others: warnings).
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if not main_rank:
+        sys.stdout = open(os.devnull, "w")
+    level = (logging.DEBUG if args.verbose else logging.INFO) if main_rank else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
     from posttrain.data.mix import MixError
     from posttrain.export import ExportError
     from posttrain.pipeline import PipelineError

@@ -71,8 +71,8 @@ def stage_tokens(stage) -> int:
     kind = stage.kind
     if kind == "sft":  # micro_batch_size rows of max_length (packed rows are filled to it)
         return stage.micro_batch_size * stage.max_length
-    if kind == "dpo":  # chosen + rejected of every pair in the micro-batch
-        return 2 * stage.micro_batch_size * stage.max_length
+    if kind == "dpo":  # packed: one row of max_length; padded: chosen + rejected of every pair
+        return stage.max_length if stage.packing else 2 * stage.micro_batch_size * stage.max_length
     return stage.micro_batch_size * (stage.max_prompt_length + stage.max_completion_length)
 
 
@@ -92,6 +92,11 @@ def model_config(name: str):
     if name == "tiny":
         from posttrain.model.tiny import build_tiny_model
         return build_tiny_model().config, ""
+    from posttrain.model.load import RANDOM, SHAPES_7B
+    if name.startswith(RANDOM):
+        name = name[len(RANDOM):]
+        if name == SHAPES_7B:
+            return OlmoHybridConfig(), ""
     try:
         return AutoConfig.from_pretrained(name, local_files_only=True), ""
     except (OSError, ValueError):

@@ -49,6 +49,9 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
+        import os
+        if os.environ.get("RANK", "0") != "0":  # one writer under a distributed launch
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 

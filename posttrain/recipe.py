@@ -103,7 +103,8 @@ class DPOStage(StageBase):
     batch_pairs: int = 128
     """Preference pairs per optimizer step (global)."""
     packing: bool = True
-    """Pack chosen and rejected of all pairs in a micro-batch into one row (exact boundaries)."""
+    """Pack pairs (chosen and rejected) into rows of max_length tokens, as many pairs a row as fit, exact
+    boundaries; micro_batch_size then only sizes the reference precompute and eval batches."""
     overlong: str = "truncate"
     """Pairs longer than max_length: truncate (keep the start) | drop."""
     eval_pairs: str | None = None

@@ -6,4 +6,4 @@ set -uo pipefail
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
-python3 -m pytest tests/test_zero3.py -q -s -p no:cacheprovider -rs 2>&1 | tee "$out/gpu_zero3_tests.log"
+python3 -m pytest tests/test_zero3.py -m gpu -q -s -p no:cacheprovider -rs 2>&1 | tee "$out/gpu_zero3_tests.log"

@@ -131,7 +131,8 @@ def test_packed_pairs_match_padded_pairs(tmp_path):
     padded = make_trainer(tmp_path / "a", padded_model, tok)
     args = padded.args
     packed = CachedRefDPOTrainer(model=packed_model, args=args, train_dataset=Dataset.from_list(PAIRS),
-                                 processing_class=tok, ref_cache={}, packed=True, loss_type="dpo_norm")
+                                 processing_class=tok, ref_cache={}, packed=True, loss_type="dpo_norm",
+                                 pairs_per_row=len(PAIRS))  # sum / 3 pairs = the padded batch's mean
     for k in ("ref_chosen_logps", "ref_rejected_logps"):
         assert torch.tensor(packed.train_dataset[k]) == pytest.approx(torch.tensor(padded.train_dataset[k]), abs=1e-4)
     with torch.no_grad():  # same perturbation of both policies away from their reference
@@ -141,14 +142,37 @@ def test_packed_pairs_match_padded_pairs(tmp_path):
             p.add_(d)
             q.add_(d)
     losses = []
-    for tr in (padded, packed):
-        batch = tr._prepare_inputs(next(iter(tr.get_train_dataloader())))
+    for tr in (padded, packed):  # the same three pairs through each trainer's own collator
+        batch = tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in range(len(PAIRS))]))
         loss = tr.compute_loss(tr.model, batch)
         loss.backward()
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     for (n, p), q in zip(padded_model.named_parameters(), packed_model.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), n
+
+
+def test_packed_rows_hold_as_many_pairs_as_fit(tmp_path):
+    """Every pair trained once per epoch, rows within max_length, several pairs a row."""
+    tok = build_tiny_tokenizer("olmo-think")
+    rows = [pair(f"{a}+{b}?", f"<think>{a}+{b}={a + b}</think>{a + b}", f"<think>{a}+{b}={a + b + 1}</think>x")
+            for a in range(4) for b in range(5)]
+    args = DPOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=2, loss_type=["sigmoid_norm"],
+                     max_length=256, precompute_ref_log_probs=True, report_to=[], use_cpu=True,
+                     dataset_num_proc=None)
+    from posttrain.model.packing import enable_exact_packing
+    model = build_tiny_model(tok)
+    enable_exact_packing(model)
+    tr = CachedRefDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tok, ref_cache={}, packed=True)
+    seen, real = [], []
+    for batch in tr.get_train_dataloader():
+        n = len(batch["ref_chosen_logps"])
+        seen += batch["ref_chosen_logps"].tolist()
+        real.append(int((batch["seq_idx"] >= 0).sum()) if "seq_idx" in batch else None)
+        assert batch["input_ids"].shape[-1] == 256 and n >= 1
+    assert sorted(seen) == sorted(tr.train_dataset["ref_chosen_logps"])
+    assert len(seen) / len(real) >= 2  # ~60-token pairs: 3-4 fit a 256-token row
 
 
 def test_policy_rejections_replace_only_wrong_samples(monkeypatch):

@@ -13,6 +13,7 @@ text says so, so train and test never overlap whatever counts a mix asks for.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable
 
@@ -102,12 +103,45 @@ def _prompts(split: str, seed: int = 0) -> list[dict]:
              "verifier": "math"} for p in problems(split, seed)]
 
 
+# Throughput data: random words at realistic lengths (log-normal, in characters, which the tiny
+# tokenizer makes one token each). Nothing to learn; for benchmarks of the stages at scale.
+SYNTHETIC_POOL = {"train": 2048, "test": 64}
+WORDS = ["alpha", "beta", "delta", "state", "gate", "layer", "token", "model", "graph", "proof", "lemma",
+         "value", "sum", "step", "the", "of", "and", "is", "we", "so", "then", "if", "let", "a", "x", "y"]
+
+
+def _text(rng: random.Random, mean: float, sigma: float = 0.8, cap: int = 30000) -> str:
+    n = min(cap, max(16, int(rng.lognormvariate(math.log(mean) - sigma**2 / 2, sigma))))
+    words, size = [], 0
+    while size < n:
+        w = rng.choice(WORDS)
+        words.append(w); size += len(w) + 1
+    return " ".join(words)[:n]
+
+
+def _synthetic_chat(split: str, seed: int = 0) -> list[dict]:
+    """SFT rows like long reasoning traces: prompt mean ~300 characters, answer mean ~3,000."""
+    rng = random.Random(f"chat-{split}-{seed}")
+    return [{"messages": [{"role": "user", "content": _text(rng, 300)},
+                          {"role": "assistant", "content": _text(rng, 3000)}]} for _ in range(SYNTHETIC_POOL[split])]
+
+
+def _synthetic_prefs(split: str, seed: int = 0) -> list[dict]:
+    """Preference pairs: prompt mean ~256 characters, chosen and rejected mean ~768 each."""
+    rng = random.Random(f"prefs-{split}-{seed}")
+    return [{"prompt": [{"role": "user", "content": _text(rng, 256)}],
+             "chosen": [{"role": "assistant", "content": _text(rng, 768)}],
+             "rejected": [{"role": "assistant", "content": _text(rng, 768)}]} for _ in range(SYNTHETIC_POOL[split])]
+
+
 BUILTINS: dict[str, Callable[[str, int], list[dict]]] = {
     "arith_think": _chat(think_answer),
     "arith_instruct": _chat(instruct_answer),
     "arith_prefs_think": _prefs(think_answer),
     "arith_prefs_instruct": _prefs(instruct_answer),
     "arith_prompts": _prompts,
+    "synthetic_chat": _synthetic_chat,
+    "synthetic_prefs": _synthetic_prefs,
 }
 
 

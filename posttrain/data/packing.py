@@ -13,6 +13,7 @@ token of one document never learns to predict the next document.
 from __future__ import annotations
 
 import bisect
+import random
 from collections.abc import Sequence
 
 import torch
@@ -49,6 +50,47 @@ def best_fit_decreasing(lengths: Sequence[int], max_len: int) -> list[list[int]]
             rows[r].append(i)
             bisect.insort(free, (space - n, r))
     return rows
+
+
+class PackedRowBatches(torch.utils.data.Sampler):
+    """Batch sampler whose batches are rows: item indices whose token lengths fill `max_len`.
+
+    For stages whose packed rows hold however many items fit (DPO: both sequences of each pair),
+    rather than a fixed count padded to the longest: at 16K a fixed count either overflows the row
+    or leaves most of it empty. Each epoch shuffles the items, bins them best-fit decreasing within
+    windows of `window` items (so rows differ between epochs), then shuffles the rows. An item longer
+    than a row gets a row of its own. Every process builds the same rows from the same seed;
+    accelerate's prepare() then deals them out to the processes.
+
+    >>> b = PackedRowBatches([6, 2, 5, 3, 4, 4], max_len=8, seed=0)
+    >>> sorted(sorted(r) for r in b), len(b), b.items_per_row
+    ([[0, 1], [2, 3], [4, 5]], 3, 2.0)
+    """
+
+    def __init__(self, lengths: Sequence[int], max_len: int, seed: int = 0, window: int = 1024):
+        self.lengths, self.max_len, self.seed, self.window = [min(n, max_len) for n in lengths], max_len, seed, window
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = random.Random(self.seed * 100_003 + epoch)
+        idx = list(range(len(self.lengths)))
+        rng.shuffle(idx)
+        rows = []
+        for w in range(0, len(idx), self.window):
+            chunk = idx[w:w + self.window]
+            rows += [[chunk[j] for j in r] for r in best_fit_decreasing([self.lengths[i] for i in chunk], self.max_len)]
+        rng.shuffle(rows)
+        self.rows = rows
+
+    @property
+    def items_per_row(self) -> float:
+        return len(self.lengths) / max(1, len(self.rows))
+
+    def __iter__(self):
+        return iter([list(r) for r in self.rows])
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def _loss_mask(example: dict) -> list[int] | None:

@@ -1,4 +1,5 @@
-"""Loading models and tokenizers: `tiny` (built by code), a local HF dir, or a hub id.
+"""Loading models and tokenizers: `tiny` (built by code), a local HF dir, a hub id, or
+`random:CONFIG`, random weights of a model's shapes (for throughput runs with no checkpoint).
 
 The chat template always comes from the recipe, never from whatever the checkpoint shipped,
 so every stage renders conversations the same way the trainer's masks assume.
@@ -17,9 +18,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_tokenizer(source: str, chat_template: str):
-    if source == "tiny":
+    if source == "tiny" or source.startswith("tiny:"):  # tiny:N pads it to N ids (a random 7B's vocabulary)
         from posttrain.model.tiny import build_tiny_tokenizer
-        tok = build_tiny_tokenizer()
+        tok = build_tiny_tokenizer(vocab_size=int(source[5:]) if source != "tiny" else None)
     else:
         tok = AutoTokenizer.from_pretrained(source)
     tok.chat_template = chat_template
@@ -35,11 +36,39 @@ def end_token_ids(tok) -> list[int]:
     return [i for i in ids if i is not None and i != tok.unk_token_id]
 
 
+RANDOM = "random:"
+SHAPES_7B = "olmo-hybrid-7b"
+
+
+def random_config(spec: str):
+    """Config for `random:olmo-hybrid-7b` (transformers' OlmoHybridConfig defaults: the 7B, 7,430,870,688
+    parameters) or `random:<hub id or dir>` (that model's config.json, which must be available)."""
+    from transformers import AutoConfig, OlmoHybridConfig
+    name = spec[len(RANDOM):]
+    return OlmoHybridConfig() if name == SHAPES_7B else AutoConfig.from_pretrained(name)
+
+
+def _random_model(spec: str, dtype: torch.dtype, attn_implementation: str, seed: int) -> PreTrainedModel:
+    import os
+    config = random_config(spec)
+    config._attn_implementation = attn_implementation
+    # Built on this rank's GPU when there is one: initialising 7B parameters there takes a second,
+    # on the CPU minutes. DeepSpeed ZeRO-3 partitions the module afterwards like a loaded one.
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        torch.cuda.manual_seed_all(seed) if torch.cuda.is_available() else None
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model
+
+
 def load_model(source: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
                tokenizer=None, seed: int = 0) -> PreTrainedModel:
     if str(source) == "tiny":
         from posttrain.model.tiny import build_tiny_model
         model = build_tiny_model(tokenizer, seed=seed).to(DTYPES[dtype])
+    elif str(source).startswith(RANDOM):
+        model = _random_model(str(source), DTYPES[dtype], attn_implementation, seed)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(source), dtype=DTYPES[dtype],
                                                      attn_implementation=attn_implementation)

@@ -21,7 +21,9 @@ SPECIALS = [PAD, EOS, IM_START, IM_END, THINK_OPEN, THINK_CLOSE]
 CHARS = ["\n"] + [c for c in string.printable if c.isprintable() or c == " "]
 
 
-def build_tiny_tokenizer(chat_template: str = "olmo-instruct") -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(chat_template: str = "olmo-instruct", vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """The character tokenizer; `vocab_size` pads it with filler tokens (`<wN>`) so that a model with a
+    real-sized LM head (a random 7B samples any of 100K ids) decodes whatever it generates."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
     for c in CHARS:
         vocab.setdefault(c, len(vocab))
@@ -38,6 +40,8 @@ def build_tiny_tokenizer(chat_template: str = "olmo-instruct") -> PreTrainedToke
     # kept by decode(skip_special_tokens=True), which is how TRL decodes RL completions. As
     # special tokens they vanished there and every think-format reward scored 0.
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
+    if vocab_size is not None and vocab_size > len(tok):
+        tok.add_tokens([AddedToken(f"<w{i}>", special=False, normalized=False) for i in range(vocab_size - len(tok))])
     tok.chat_template = TEMPLATES.get(chat_template, chat_template)
     tok.padding_side = "left"  # GDN layers need left padding for batched generation
     return tok

@@ -31,8 +31,11 @@ from posttrain.stages.losses import TRL_LOSS
 log = logging.getLogger("posttrain")
 
 
-def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "truncate") -> tuple[list[dict], dict]:
-    """Drop pairs DPO cannot learn from; count each reason (logged and kept in the metrics)."""
+def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "truncate",
+                lengths: list[int] | None = None) -> tuple[list[dict], dict]:
+    """Drop pairs DPO cannot learn from; count each reason (logged and kept in the metrics).
+
+    `lengths`, when given, receives each kept pair's packed size: both sequences, truncated."""
     kept, counts = [], {"identical": 0, "empty": 0, "overlong_dropped": 0, "overlong_truncated": 0}
     for r in rows:
         chosen, rejected = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
@@ -42,14 +45,17 @@ def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "t
         if chosen == rejected:
             counts["identical"] += 1
             continue
-        longest = max(len(tokenizer.apply_chat_template(r["prompt"] + r[k], tokenize=True, return_dict=False))
-                      for k in ("chosen", "rejected"))
+        sizes = [len(tokenizer.apply_chat_template(r["prompt"] + r[k], tokenize=True, return_dict=False))
+                 for k in ("chosen", "rejected")]
+        longest = max(sizes)
         if longest > max_length:
             if overlong == "drop":
                 counts["overlong_dropped"] += 1
                 continue
             counts["overlong_truncated"] += 1
         kept.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
+        if lengths is not None:
+            lengths.append(sum(min(n, max_length) for n in sizes))
     return kept, counts
 
 
@@ -115,13 +121,34 @@ class CachedRefDPOTrainer(DPOTrainer):
     """DPOTrainer whose reference logprobs live in a file keyed by what determines them,
     optionally on packed pairs (exact document boundaries for GDN, conv and attention)."""
 
-    def __init__(self, *a, ref_cache: dict[str, Path], packed: bool = False, loss_type: str = "dpo_norm", **kw):
+    def __init__(self, *a, ref_cache: dict[str, Path], packed: bool = False, loss_type: str = "dpo_norm",
+                 pairs_per_row: float = 1.0, **kw):
         self._ref_cache = ref_cache  # dataset name ("train"/"eval") -> cache file
-        self._packed, self._loss_type = packed, loss_type
+        self._packed, self._loss_type, self._pairs_per_row = packed, loss_type, pairs_per_row
+        self._tokens_seen = 0  # real (unpadded) tokens trained on, all processes: logged as num_tokens
         if packed:  # before super(): the reference precompute in __init__ already uses it
             kw["data_collator"] = PackedPairCollator(kw["args"].max_length, kw["processing_class"].pad_token_id,
                                                      pad_to_multiple_of=kw["args"].max_length)
         super().__init__(*a, **kw)
+
+    def _pair_sizes(self, ds) -> list[int]:
+        L = self.args.max_length
+        return [min(len(p) + len(c), L) + min(len(p) + len(r), L)
+                for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+
+    def get_train_dataloader(self):
+        """Packed: each micro-batch is one row holding as many pairs as fit max_length (PackedRowBatches)."""
+        if not self._packed:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        from posttrain.data.packing import PackedRowBatches
+        ds = self.train_dataset
+        rows = PackedRowBatches(self._pair_sizes(ds), self.args.max_length, seed=self.args.seed)
+        log.info("packed DPO: %d pairs in %d rows of %d tokens (%.2f pairs a row)", len(ds), len(rows),
+                 self.args.max_length, rows.items_per_row)
+        return self.accelerator.prepare(DataLoader(ds, batch_sampler=rows, collate_fn=self.data_collator,
+                                                   num_workers=self.args.dataloader_num_workers))
 
     def _packed_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence completion logprob sums and completion lengths, [2 x pairs]."""
@@ -147,13 +174,23 @@ class CachedRefDPOTrainer(DPOTrainer):
         out = dpo_loss(pc, pr, inputs["ref_chosen_logps"].to(pc), inputs["ref_rejected_logps"].to(pc), self.beta,
                        self._loss_type, lc, lr)
         mode = "train" if model.training else "eval"
+        if model.training:
+            real = torch.as_tensor(inputs["num_real_tokens"], device=pc.device).reshape(1)
+            self._tokens_seen += int(self.accelerator.gather(real).sum())
         cr, rr = out["chosen_reward"], out["rejected_reward"]
         for k, v in (("rewards/chosen", cr.mean()), ("rewards/rejected", rr.mean()),
                      ("rewards/accuracies", (cr > rr).float().mean()), ("rewards/margins", (cr - rr).mean()),
                      ("logps/chosen", pc.detach().mean()), ("logps/rejected", pr.detach().mean())):
             self._metrics[mode][k].append(self.accelerator.gather(v).mean().item())
-        loss = out["loss"].mean()
+        # Rows hold different numbers of pairs: summing and dividing by the run's mean count weighs every
+        # pair the same across micro-batches, where a per-row mean would favour pairs in sparse rows.
+        loss = out["loss"].sum() / self._pairs_per_row if model.training else out["loss"].mean()
         return (loss, {}) if return_outputs else loss
+
+    def log(self, logs: dict, *a, **kw) -> None:
+        if self._packed and "loss" in logs:  # the throughput callback reads tokens/s from this
+            logs["num_tokens"] = float(self._tokens_seen)
+        super().log(logs, *a, **kw)
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
         path = self._ref_cache.get(name)
@@ -163,15 +200,51 @@ class CachedRefDPOTrainer(DPOTrainer):
                 log.info("reference logprobs for %s: cache hit %s", name, path)
                 return dataset.add_column("ref_chosen_logps", saved["chosen"].tolist()).add_column(
                     "ref_rejected_logps", saved["rejected"].tolist())
-        out = super()._precompute_ref_logps(dataset, name, batch_size)
+        chosen, rejected = self._reference_logps(dataset, batch_size)
         if path is not None and self.accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            torch.save({"chosen": torch.tensor(out["ref_chosen_logps"]),
-                        "rejected": torch.tensor(out["ref_rejected_logps"])}, tmp)
+            torch.save({"chosen": chosen, "rejected": rejected}, tmp)
             tmp.replace(path)
             log.info("reference logprobs for %s: computed and cached at %s", name, path)
-        return out
+        return dataset.add_column("ref_chosen_logps", chosen.tolist()).add_column("ref_rejected_logps",
+                                                                                rejected.tolist())
+
+    def _reference_logps(self, dataset: Dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference forward over every pair, rows dealt out to the processes, results gathered to all.
+
+        Not TRL's precompute: it hands results between processes through a datasets cache file, which for
+        an in-memory dataset lives in each process's own temp dir (rank 1 fails, FileNotFoundError), and it
+        packs a fixed count of pairs a row. Every process runs the same number of forwards (the last ones
+        repeat a row and are discarded): under ZeRO-3 each forward gathers weights from all of them.
+        """
+        from accelerate.utils import gather_object
+        from trl.models import prepare_deepspeed
+
+        from posttrain.data.packing import PackedRowBatches
+        acc, n = self.accelerator, len(dataset)
+        if self._packed:
+            rows = PackedRowBatches(self._pair_sizes(dataset), self.args.max_length, seed=self.args.seed).rows
+        else:
+            rows = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        mine = rows[acc.process_index::acc.num_processes] or rows[:1]
+        model = self.model
+        if self.is_deepspeed_enabled:  # ZeRO-3 shards are gathered by an inference engine, built once
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, acc)
+            model = self._precompute_engine
+        out: dict[int, tuple[float, float]] = {}
+        for k in range(-(-len(rows) // acc.num_processes)):
+            idx = mine[k % len(mine)]
+            batch = self._prepare_inputs(self.data_collator([dataset[i] for i in idx]))
+            with torch.no_grad():
+                c, r = self.compute_ref_log_probs(model, batch)
+            if k < len(mine):
+                out.update(zip(idx, zip(c.float().tolist(), r.float().tolist())))
+        merged = {}
+        for part in gather_object([out]):
+            merged.update(part)
+        return (torch.tensor([merged[i][0] for i in range(n)]), torch.tensor([merged[i][1] for i in range(n)]))
 
 
 def ref_cache_key(ref_hash: str, data_sha: str, template: str, max_length: int) -> str:
@@ -199,7 +272,8 @@ def run(ctx: StageContext) -> dict:
         log.info("%s: %d of %d rejected answers replaced by the policy's own wrong answers", ctx.name, replaced,
                  len(rows))
         ctx.metrics.write({"stage": ctx.name, "step": 0, "data/rejected_from_policy": replaced})
-    train_rows, counts = clean_pairs(rows, tok, st.max_length, st.overlong)
+    sizes: list[int] = []
+    train_rows, counts = clean_pairs(rows, tok, st.max_length, st.overlong, lengths=sizes)
     if any(counts.values()):
         log.warning("%s: pairs dropped/truncated: %s (of %d)", ctx.name, counts, len(ctx.mix.rows))
     ctx.metrics.write({"stage": ctx.name, "step": 0, **{f"data/{k}": v for k, v in counts.items()}})
@@ -213,8 +287,13 @@ def run(ctx: StageContext) -> dict:
     cache = {"train": cache_dir / f"ref-{ref_cache_key(ref_hash, rows_hash(train_rows), ctx.chat_template, st.max_length)}.pt"}
     if eval_pairs:
         cache["eval"] = cache_dir / f"ref-{ref_cache_key(ref_hash, rows_hash(eval_pairs), ctx.chat_template, st.max_length)}.pt"
-    grad_accum = max(1, st.batch_pairs // (st.micro_batch_size * world_size()))
-    args = DPOConfig(**training_args(st, ctx.trainer_dir, grad_accum, st.micro_batch_size),
+    micro, pairs_per_row = st.micro_batch_size, float(st.micro_batch_size)
+    if st.packing:  # a micro-batch is a row of max_length tokens holding as many pairs as fit
+        from posttrain.data.packing import PackedRowBatches
+        pairs_per_row = PackedRowBatches(sizes, st.max_length, seed=st.seed).items_per_row
+        micro = max(1, int(pairs_per_row))  # reference precompute and eval batches
+    grad_accum = max(1, round(st.batch_pairs / (pairs_per_row * world_size())))
+    args = DPOConfig(**training_args(st, ctx.trainer_dir, grad_accum, micro),
                      loss_type=[TRL_LOSS[st.loss_type]], beta=st.beta, max_length=st.max_length,
                      truncation_mode="keep_start", precompute_ref_log_probs=True, dataset_num_proc=None)
     if st.packing:
@@ -224,14 +303,16 @@ def run(ctx: StageContext) -> dict:
     trainer = CachedRefDPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None, processing_class=tok,
-        ref_cache=cache, packed=st.packing, loss_type=st.loss_type, callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())])
+        ref_cache=cache, packed=st.packing, loss_type=st.loss_type, pairs_per_row=pairs_per_row,
+        callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())])
     summary = {}
     if eval_pairs:
         before = trainer.evaluate()
         summary["pref_accuracy_before"] = before.get("eval_rewards/accuracies")
         summary["margin_before"] = before.get("eval_rewards/margins")
-    log.info("%s: %d pairs, %d pairs/step, %s beta %g, lr %g", ctx.name, len(train_rows),
-             st.micro_batch_size * grad_accum * world_size(), st.loss_type, st.beta, st.learning_rate)
+    log.info("%s: %d pairs, ~%.0f pairs/step (%.2f a micro-batch x accum %d x world %d), %s beta %g, lr %g", ctx.name,
+             len(train_rows), pairs_per_row * grad_accum * world_size(), pairs_per_row, grad_accum, world_size(),
+             st.loss_type, st.beta, st.learning_rate)
     # train
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     summary.update(train_loss=trainer.state.log_history[-1].get("train_loss"), steps=trainer.state.global_step)

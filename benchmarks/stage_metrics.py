@@ -1,0 +1,73 @@
+"""Steady-state figures of one stage run, from the metrics.jsonl every stage writes.
+
+The stages log tokens/s (real tokens, all GPUs) and MFU at every logging step (posttrain.metrics);
+GRPO also logs its step's time split. The first `--warmup` logged steps carry kernel compilation
+and autotuning and are left out; the rest are averaged. Used by scripts/gpu_7b.sh:
+
+    python benchmarks/stage_metrics.py RUN/sft/metrics.jsonl --gpus 2 --out benchmarks/results/7b_sft.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from packing import markdown_table  # noqa: E402
+
+from posttrain.metrics import read_metrics  # noqa: E402
+
+KEYS = ("tokens_per_s", "mfu", "loss", "time/generation_s", "time/weight_sync_s", "time/train_s", "time/step_s",
+        "time/generation_frac", "sampling/kl_k3", "step_time")
+
+
+def summarize(records: list[dict], gpus: int, warmup: int = 2) -> dict:
+    """Means over logged training steps after the warm-up ones.
+
+    >>> recs = [{"step": s, "tokens_per_s": t, "mfu": t / 1e5} for s, t in ((1, 10.0), (2, 900.0), (3, 1100.0))]
+    >>> r = summarize(recs, gpus=2, warmup=1)
+    >>> r["steps_measured"], r["tokens_per_s"], r["tokens_per_s_per_gpu"], round(r["mfu"], 6)
+    (2, 1000.0, 500.0, 0.01)
+    """
+    steps = [r for r in records if "loss" in r or "tokens_per_s" in r or "time/step_s" in r]
+    kept = steps[warmup:]
+    out = {"gpus": gpus, "steps_logged": len(steps), "steps_measured": len(kept), "warmup_steps": warmup}
+    for k in KEYS:
+        vals = [r[k] for r in kept if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k.replace("/", "_")] = statistics.fmean(vals)
+    if "tokens_per_s" in out:
+        out["tokens_per_s_per_gpu"] = out["tokens_per_s"] / gpus
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("metrics", type=Path)
+    ap.add_argument("--gpus", type=int, required=True)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args(argv)
+    res = summarize(read_metrics(a.metrics), a.gpus, a.warmup)
+    try:
+        import torch
+        res["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        res["device"] = "unknown"
+    res["date"] = datetime.date.today().isoformat()
+    res["stage"] = a.metrics.parent.name
+    print(markdown_table(["figure", "value"], [[k, f"{v:,.4g}" if isinstance(v, float) else v] for k, v in res.items()]))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
