@@ -29,9 +29,10 @@ class RecipeError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    """Base model: `tiny` (built by code), a hub id, or a local HF directory."""
+    """Base model: `tiny` (built by code), a hub id, a local HF directory, or `random:CONFIG`: random
+    weights of `olmo-hybrid-7b` (transformers' defaults, the 7B) or of a hub id's/dir's config (throughput runs)."""
     tokenizer: str | None = None
-    """Tokenizer source; defaults to `name`."""
+    """Tokenizer source; defaults to `name`. `tiny:N` is the character tokenizer padded to N ids."""
     dtype: str = "float32"
     """Weights dtype while training: float32 | bfloat16. bf16 on GPU; fp32 on CPU (bf16 is ~7x slower there)."""
     attn_implementation: str = "sdpa"

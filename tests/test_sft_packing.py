@@ -44,3 +44,30 @@ def test_packed_rows_give_the_padded_loss_and_gradients(tmp_path):
     assert sums[1] == pytest.approx(sums[0], rel=1e-5)
     for (n, p), q in zip(padded_model.named_parameters(), packed_model.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), n
+
+
+def test_fixed_length_rows_keep_the_loss_and_count_real_tokens(tmp_path):
+    """Rows padded to max_length (one shape for the GPU kernels): same loss and gradients as the
+    unpadded row, and num_tokens still counts real tokens only."""
+    from posttrain.stages.sft import FixedRowSFTTrainer
+    tok = build_tiny_tokenizer("olmo-think")
+    a, b = build_tiny_model(tok, seed=3), build_tiny_model(tok, seed=3)
+    enable_exact_packing(a)
+    enable_exact_packing(b)
+    plain = trainer(tmp_path / "a", a, tok, True)
+    fixed = FixedRowSFTTrainer(model=b, args=plain.args, processing_class=tok, row_multiple=256,
+                               train_dataset=Dataset.from_list([{"messages": c} for c in CONVS]))
+    rb, fb = next(iter(plain.get_train_dataloader())), next(iter(fixed.get_train_dataloader()))
+    real = rb["input_ids"].shape[1]
+    assert fb["input_ids"].shape[1] == 256 and fb["num_pad_tokens"] == 256 - real
+    assert fb["cu_seq_lens_q"][:-1].tolist() == rb["cu_seq_lens_q"].tolist()
+    losses = []
+    for tr, batch in ((plain, rb), (fixed, fb)):
+        tr.model.train()
+        loss = tr.compute_loss(tr.model, dict(batch))
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), n
+    assert fixed._total_train_tokens == plain._total_train_tokens == real

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, r
 
 def zero3_step(tmp_path, packed: bool, gpus: int = 0) -> dict:
     out = tmp_path / "zero3.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
     if not gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""
     with socket.socket() as s:  # a free port: the launcher's rendezvous needs a real one

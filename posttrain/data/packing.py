@@ -20,7 +20,7 @@ import torch
 
 IGNORE_INDEX = -100
 # Keys a model forward must not receive; trainers read them for accounting.
-NON_MODEL_KEYS = ("num_real_tokens", "spans")
+NON_MODEL_KEYS = ("num_real_tokens", "spans", "num_pad_tokens")
 
 
 def best_fit_decreasing(lengths: Sequence[int], max_len: int) -> list[list[int]]:
@@ -91,6 +91,42 @@ class PackedRowBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def pad_packed_row(batch: dict, multiple: int, pad_token_id: int) -> dict:
+    """Pad a padding-free batch (TRL's: one row, cu_seq_lens, seq_idx) to a multiple of `multiple` tokens
+    with one padding segment of its own, as pack_sequences(pad_to=...) does; adds `num_pad_tokens`.
+
+    Why: on the GPU a new row length recompiles fla's tilelang backward and flex attention (~25 s), so
+    rows that change length every step stall training; best-fit rows are nearly full, so padding
+    them to max_length costs little.
+
+    >>> b = {"input_ids": torch.tensor([[5, 6, 7]]), "labels": torch.tensor([[-100, 6, 7]]),
+    ...      "position_ids": torch.tensor([[0, 1, 0]]), "seq_idx": torch.tensor([[0, 0, 1]], dtype=torch.int32),
+    ...      "cu_seq_lens_q": torch.tensor([0, 2, 3], dtype=torch.int32), "max_length_q": 2}
+    >>> b["cu_seq_lens_k"], b["max_length_k"] = b["cu_seq_lens_q"], 2
+    >>> out = pad_packed_row(b, 4, pad_token_id=0)
+    >>> out["input_ids"].tolist(), out["position_ids"].tolist(), out["seq_idx"].tolist()
+    ([[5, 6, 7, 0]], [[0, 1, 0, 0]], [[0, 0, 1, 2]])
+    >>> out["cu_seq_lens_q"].tolist(), out["labels"][0, -1].item(), out["num_pad_tokens"]
+    ([0, 2, 3, 4], -100, 1)
+    """
+    n = batch["input_ids"].shape[1]
+    p = -(-n // multiple) * multiple - n
+    batch["num_pad_tokens"] = p
+    if p == 0:
+        return batch
+
+    def cat(key, tail):
+        batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)[None]], dim=1)
+    cat("input_ids", torch.full((p,), pad_token_id))
+    cat("labels", torch.full((p,), IGNORE_INDEX))
+    cat("position_ids", torch.arange(p))
+    cat("seq_idx", torch.full((p,), int(batch["seq_idx"][0, -1]) + 1))
+    cu = torch.cat([batch["cu_seq_lens_q"], torch.tensor([n + p], dtype=batch["cu_seq_lens_q"].dtype)])
+    batch["cu_seq_lens_q"], batch["cu_seq_lens_k"] = cu, cu.clone()
+    batch["max_length_q"] = batch["max_length_k"] = max(int(batch["max_length_q"]), p)
+    return batch
 
 
 def _loss_mask(example: dict) -> list[int] | None:

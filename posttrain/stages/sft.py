@@ -10,13 +10,35 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from posttrain.data.packing import pad_packed_row
 from posttrain.metrics import ThroughputCallback
 from posttrain.stages.common import StageContext, base_eval, finish, load_stage_model, training_args, world_size
 
 log = logging.getLogger("posttrain")
+
+
+class FixedRowSFTTrainer(SFTTrainer):
+    """SFTTrainer whose packed rows are padded to a multiple of max_length (`pad_packed_row`), so the
+    kernels see one row shape; throughput keeps counting real tokens only."""
+
+    def __init__(self, *a, row_multiple: int | None = None, **kw):
+        super().__init__(*a, **kw)
+        if row_multiple:
+            inner, pad_id = self.data_collator, self.processing_class.pad_token_id
+            self.data_collator = lambda examples: pad_packed_row(inner(examples), row_multiple, pad_id)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pad = inputs.pop("num_pad_tokens", None)
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if pad and model.training:  # TRL counted the padded row length as tokens
+            dev = inputs["input_ids"].device
+            self._total_train_tokens -= int(self.accelerator.gather_for_metrics(torch.tensor([pad], device=dev)).sum())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return out
 
 
 def _messages_only(rows: list[dict]) -> Dataset:
@@ -43,8 +65,9 @@ def run(ctx: StageContext) -> dict:
         report = enable_exact_packing(model, allow_fallback=ctx.recipe.cfg.model.allow_kernel_fallback)
         log.info("%s: packed rows of %d tokens, kernels %s", ctx.name, st.max_length, report)
     eval_ds = _messages_only(ctx.eval_rows[:256]) if ctx.eval_rows else None
-    trainer = SFTTrainer(model=model, args=args, train_dataset=_messages_only(ctx.mix.rows), eval_dataset=eval_ds,
-                         processing_class=tok,
+    trainer = FixedRowSFTTrainer(model=model, args=args, train_dataset=_messages_only(ctx.mix.rows),
+                                 eval_dataset=eval_ds, processing_class=tok,
+                                 row_multiple=st.max_length if st.packing else None,
                          callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length,
                                                        world_size())])
     log.info("%s: %d rows, %d rows/step (micro %d x accum %d x world %d), lr %g",
