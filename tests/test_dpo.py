@@ -7,8 +7,10 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig
 
+from trl.trainer.utils import hash_module as weights_hash  # what CachedRefDPOTrainer keys its cache by
+
 from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
-from posttrain.stages.dpo import CachedRefDPOTrainer, clean_pairs, ref_cache_key, weights_hash
+from posttrain.stages.dpo import CachedRefDPOTrainer, clean_pairs, ref_cache_key
 from posttrain.stages.losses import dpo_loss
 
 
@@ -95,10 +97,11 @@ def test_cached_ref_logps_equal_a_live_forward_and_trl_loss_matches_ours(tiny, t
 
 def test_cache_hit_skips_the_reference_forward(tiny, tmp_path, monkeypatch):
     model, tok = tiny
-    cache = {"train": tmp_path / "ref.pt"}
+    seen = []
+    cache = {"train": lambda h: seen.append(h) or tmp_path / f"ref-{h[:8]}.pt"}  # keyed by TRL's weights hash
     first = make_trainer(tmp_path, model, tok, cache).train_dataset["ref_chosen_logps"]
-    from trl import DPOTrainer
-    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", lambda *a, **k: pytest.fail("recomputed"))
+    assert seen == [weights_hash(model)] and (tmp_path / f"ref-{seen[0][:8]}.pt").is_file()
+    monkeypatch.setattr(CachedRefDPOTrainer, "_reference_logps", lambda *a, **k: pytest.fail("recomputed"))
     assert make_trainer(tmp_path, model, tok, cache).train_dataset["ref_chosen_logps"] == first
 
 

@@ -119,19 +119,25 @@ def _text(rng: random.Random, mean: float, sigma: float = 0.8, cap: int = 30000)
     return " ".join(words)[:n]
 
 
+def _thought(rng: random.Random, mean: float) -> str:
+    # Think-shaped, as the Think templates expect: the generation prompt ends in <think>, so an answer
+    # without it would not extend the prompt (TRL then drops the prompt's <think> from the sequence).
+    return f"<think>{_text(rng, mean)}</think>{_text(rng, 40)}"
+
+
 def _synthetic_chat(split: str, seed: int = 0) -> list[dict]:
     """SFT rows like long reasoning traces: prompt mean ~300 characters, answer mean ~3,000."""
     rng = random.Random(f"chat-{split}-{seed}")
     return [{"messages": [{"role": "user", "content": _text(rng, 300)},
-                          {"role": "assistant", "content": _text(rng, 3000)}]} for _ in range(SYNTHETIC_POOL[split])]
+                          {"role": "assistant", "content": _thought(rng, 3000)}]} for _ in range(SYNTHETIC_POOL[split])]
 
 
 def _synthetic_prefs(split: str, seed: int = 0) -> list[dict]:
     """Preference pairs: prompt mean ~256 characters, chosen and rejected mean ~768 each."""
     rng = random.Random(f"prefs-{split}-{seed}")
     return [{"prompt": [{"role": "user", "content": _text(rng, 256)}],
-             "chosen": [{"role": "assistant", "content": _text(rng, 768)}],
-             "rejected": [{"role": "assistant", "content": _text(rng, 768)}]} for _ in range(SYNTHETIC_POOL[split])]
+             "chosen": [{"role": "assistant", "content": _thought(rng, 768)}],
+             "rejected": [{"role": "assistant", "content": _thought(rng, 768)}]} for _ in range(SYNTHETIC_POOL[split])]
 
 
 BUILTINS: dict[str, Callable[[str, int], list[dict]]] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -121,9 +122,9 @@ class CachedRefDPOTrainer(DPOTrainer):
     """DPOTrainer whose reference logprobs live in a file keyed by what determines them,
     optionally on packed pairs (exact document boundaries for GDN, conv and attention)."""
 
-    def __init__(self, *a, ref_cache: dict[str, Path], packed: bool = False, loss_type: str = "dpo_norm",
+    def __init__(self, *a, ref_cache: dict[str, Path | Callable[[str], Path]], packed: bool = False, loss_type: str = "dpo_norm",
                  pairs_per_row: float = 1.0, **kw):
-        self._ref_cache = ref_cache  # dataset name ("train"/"eval") -> cache file
+        self._ref_cache = ref_cache  # dataset name ("train"/"eval") -> cache file, or weights hash -> cache file
         self._packed, self._loss_type, self._pairs_per_row = packed, loss_type, pairs_per_row
         self._tokens_seen = 0  # real (unpadded) tokens trained on, all processes: logged as num_tokens
         if packed:  # before super(): the reference precompute in __init__ already uses it
@@ -194,6 +195,8 @@ class CachedRefDPOTrainer(DPOTrainer):
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
         path = self._ref_cache.get(name)
+        if callable(path):  # keyed by the reference weights: TRL hashed them (hash_module) just before this
+            path = path(self._precompute_model_hash)
         if path is not None and path.is_file():
             saved = torch.load(path)
             if len(saved["chosen"]) == len(dataset):
@@ -252,12 +255,6 @@ def ref_cache_key(ref_hash: str, data_sha: str, template: str, max_length: int) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def weights_hash(model) -> str:
-    """The reference weights' identity, hashed the way TRL keys its own precompute."""
-    from trl.trainer.utils import hash_module
-    return hash_module(model)
-
-
 def run(ctx: StageContext) -> dict:
     st = ctx.stage
     if ctx.mix.format != "preference":
@@ -281,12 +278,14 @@ def run(ctx: StageContext) -> dict:
     if st.eval_pairs:
         eval_pairs, _ = clean_pairs(resolve_mix(resolve_file(st.eval_pairs, ctx.recipe)).rows, tok, st.max_length,
                                     st.overlong)
-    ref_hash = weights_hash(model)
     cache_dir = ctx.recipe.output_dir / ".cache" / ctx.name
-    # Keyed by the pairs actually trained on (policy rejections change them), not just the mix file.
-    cache = {"train": cache_dir / f"ref-{ref_cache_key(ref_hash, rows_hash(train_rows), ctx.chat_template, st.max_length)}.pt"}
-    if eval_pairs:
-        cache["eval"] = cache_dir / f"ref-{ref_cache_key(ref_hash, rows_hash(eval_pairs), ctx.chat_template, st.max_length)}.pt"
+
+    def cache_file(pairs: list[dict]):
+        # Keyed by the pairs actually trained on (policy rejections change them), not just the mix file,
+        # and by the weights hash TRL takes in its __init__ (a 7B hash costs ~1 min: done once, not twice).
+        sha = rows_hash(pairs)
+        return lambda ref_hash: cache_dir / f"ref-{ref_cache_key(ref_hash, sha, ctx.chat_template, st.max_length)}.pt"
+    cache = {"train": cache_file(train_rows), **({"eval": cache_file(eval_pairs)} if eval_pairs else {})}
     micro, pairs_per_row = st.micro_batch_size, float(st.micro_batch_size)
     if st.packing:  # a micro-batch is a row of max_length tokens holding as many pairs as fit
         from posttrain.data.packing import PackedRowBatches
