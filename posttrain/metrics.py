@@ -69,8 +69,11 @@ class ThroughputCallback(TrainerCallback):
     """
 
     def __init__(self, writer: MetricsWriter, stage: str, config, seq_len: int, n_devices: int = 1):
-        self.writer, self.stage, self.n_devices = writer, stage, n_devices
+        self.writer, self.stage, self.n_devices, self.config = writer, stage, n_devices, config
         self.fpt = flops_per_token(config, seq_len)
+        # Attention FLOPs grow with the document, not the row: a stage that knows its documents' mean
+        # length sets this (logs -> tokens), else MFU credits every token a max-length context.
+        self.doc_len = None
         self.peak = device_peak_flops()
         self._t, self._tokens = None, None
 
@@ -86,7 +89,11 @@ class ThroughputCallback(TrainerCallback):
         if tokens is not None and self._tokens is not None and now > self._t and tokens > self._tokens:
             tps = (tokens - self._tokens) / (now - self._t)
             rec["tokens_per_s"] = round(tps, 1)
-            m = mfu(tps / self.n_devices, self.fpt, self.peak)
+            fpt = self.fpt
+            if self.doc_len is not None:
+                rec["mfu_doc_len"] = round(self.doc_len(logs), 1)
+                fpt = flops_per_token(self.config, max(1, int(rec["mfu_doc_len"])))
+            m = mfu(tps / self.n_devices, fpt, self.peak)
             if m is not None:
                 rec["mfu"] = round(m, 4)
         if tokens is not None:

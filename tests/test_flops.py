@@ -57,3 +57,27 @@ def test_logged_flops_per_token_is_the_per_document_count():
     c = one_layer("full_attention")
     assert flops_per_token(c, 100) == pytest.approx(flops.train_flops(c, [100]) / 100)
     assert mfu(1000.0, 6e9, 798e12) == pytest.approx(6e12 / 798e12)
+
+
+def test_throughput_callback_tokens_per_s_and_mfu_at_the_documents_length(tmp_path, monkeypatch):
+    """tokens/s from the trainer's num_tokens between two logs; MFU credits attention at the
+    documents' mean length when the stage says it, at the row length otherwise."""
+    from types import SimpleNamespace
+
+    import posttrain.metrics as metrics
+    from posttrain.model.tiny import build_tiny_model
+    cfg = build_tiny_model().config
+    clock = iter([10.0, 12.0, 14.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    cb = metrics.ThroughputCallback(metrics.MetricsWriter(tmp_path / "m.jsonl"), "sft", cfg, seq_len=1024, n_devices=2)
+    cb.peak = 1e12
+    cb.doc_len = lambda logs: 100
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1)
+    cb.on_train_begin(None, state, None)
+    cb.on_log(None, state, None, logs={"loss": 1.0, "num_tokens": 4000.0})  # t = 12 s: the first step, a baseline
+    cb.on_log(None, state, None, logs={"loss": 1.0, "num_tokens": 8000.0})  # t = 14 s: 4,000 tokens in 2 s
+    rec = metrics.read_metrics(tmp_path / "m.jsonl")[-1]
+    assert rec["tokens_per_s"] == 2000.0 and rec["mfu_doc_len"] == 100.0
+    per_gpu = 1000.0  # 2 GPUs
+    assert rec["mfu"] == round(per_gpu * flops.train_flops(cfg, [100]) / 100 / 1e12, 4)
+    assert flops.train_flops(cfg, [100]) / 100 < flops.train_flops(cfg, [1024]) / 1024  # the row length would overstate it

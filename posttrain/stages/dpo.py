@@ -299,11 +299,13 @@ def run(ctx: StageContext) -> dict:
         from posttrain.model.packing import enable_exact_packing
         log.info("%s: packed pairs, kernels %s", ctx.name,
                  enable_exact_packing(model, allow_fallback=ctx.recipe.cfg.model.allow_kernel_fallback))
+    tput = ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())
+    mean_seq = sum(sizes) / max(1, 2 * len(sizes))  # each pair is two documents
+    tput.doc_len = lambda logs: mean_seq
     trainer = CachedRefDPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None, processing_class=tok,
-        ref_cache=cache, packed=st.packing, loss_type=st.loss_type, pairs_per_row=pairs_per_row,
-        callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())])
+        ref_cache=cache, packed=st.packing, loss_type=st.loss_type, pairs_per_row=pairs_per_row, callbacks=[tput])
     summary = {}
     if eval_pairs:
         before = trainer.evaluate()

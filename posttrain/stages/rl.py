@@ -280,9 +280,11 @@ def run(ctx: StageContext) -> dict:
     model, tok = load_stage_model(ctx)
     if st.engine == "vllm":
         prepare_vllm(ctx, model, tok)
-    rows = [r for r in ctx.mix.rows
-            if len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True))
-            <= st.max_prompt_length]
+    plens = [len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True))
+             for r in ctx.mix.rows]
+    rows = [r for r, n in zip(ctx.mix.rows, plens) if n <= st.max_prompt_length]
+    kept = [n for n in plens if n <= st.max_prompt_length]
+    mean_prompt = sum(kept) / max(1, len(kept))
     if len(rows) < len(ctx.mix.rows):
         log.warning("%s: dropped %d prompts longer than max_prompt_length %d", ctx.name,
                     len(ctx.mix.rows) - len(rows), st.max_prompt_length)
@@ -295,11 +297,14 @@ def run(ctx: StageContext) -> dict:
         queue.load_state_dict(json.loads(saved.read_text()))
         log.info("%s: prompt queue restored (epoch %d, position %d)", ctx.name, queue.epoch, queue.pos)
     # TRL's dataloader only paces the steps; prompts come from the queue.
+    tput = ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_prompt_length + st.max_completion_length,
+                              world_size())
+    # A rollout is one document: its prompt plus the completion lengths TRL logs each step.
+    tput.doc_len = lambda logs: mean_prompt + logs.get("completions/mean_length", st.max_completion_length)
     trainer = ActiveGRPOTrainer(
         model=model, args=args, reward_funcs=funcs, train_dataset=Dataset.from_list(rows), processing_class=tok,
         queue=queue, prompt_rows=rows, active=st.active_sampling, solve_threshold=st.solve_threshold,
-        callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_prompt_length
-                                      + st.max_completion_length, world_size())])
+        callbacks=[tput])
     log.info("%s: %d prompts, %d prompts x %d rollouts per step, engine %s, lr %g", ctx.name, len(rows),
              st.prompts_per_step, st.rollouts_per_prompt, st.engine, st.learning_rate)
     # train

@@ -65,11 +65,15 @@ def run(ctx: StageContext) -> dict:
         report = enable_exact_packing(model, allow_fallback=ctx.recipe.cfg.model.allow_kernel_fallback)
         log.info("%s: packed rows of %d tokens, kernels %s", ctx.name, st.max_length, report)
     eval_ds = _messages_only(ctx.eval_rows[:256]) if ctx.eval_rows else None
+    tput = ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length, world_size())
     trainer = FixedRowSFTTrainer(model=model, args=args, train_dataset=_messages_only(ctx.mix.rows),
-                                 eval_dataset=eval_ds, processing_class=tok,
-                                 row_multiple=st.max_length if st.packing else None,
-                         callbacks=[ThroughputCallback(ctx.metrics, ctx.name, model.config, st.max_length,
-                                                       world_size())])
+                                 eval_dataset=eval_ds, processing_class=tok, callbacks=[tput],
+                                 row_multiple=st.max_length if st.packing else None)
+    ds = trainer.train_dataset
+    docs = [n for row in ds["seq_lengths"] for n in row] if "seq_lengths" in ds.column_names else \
+        [len(x) for x in ds["input_ids"]]
+    mean_doc = sum(docs) / max(1, len(docs))
+    tput.doc_len = lambda logs: mean_doc
     log.info("%s: %d rows, %d rows/step (micro %d x accum %d x world %d), lr %g",
              ctx.name, len(ctx.mix.rows), st.micro_batch_size * grad_accum * world_size(), st.micro_batch_size,
              grad_accum, world_size(), st.learning_rate)
