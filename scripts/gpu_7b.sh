@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU job (nvidia-h200-x2, or any N GPUs of one node): one stage of the 7B at throughput, ZeRO-3 over all
-# GPUs through accelerate, then its steady-state figures (benchmarks/stage_metrics.py).
+# GPUs through accelerate (on one GPU: no DeepSpeed; the 7B's AdamW needs an H200 there), then its
+# steady-state figures (benchmarks/stage_metrics.py).
 #   bash scripts/gpu_7b.sh sft|dpo|rl [dotlist overrides...]
 # Needs `../shared/device/stage-wheels.sh train deepspeed vllm` installed into /tmp/site
 # (../shared/device/README.md). Keep NVLink multicast off (NCCL_NVLS_ENABLE=0).
@@ -13,9 +14,10 @@ run=${RUN:-/tmp/bench-7b}
 mkdir -p "$out"
 n=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1
-python3 -m accelerate.commands.launch --config_file recipes/accelerate/zero3.yaml --num_processes "$n" \
-    -m posttrain run benchmarks/recipes/olmo-hybrid-7b-throughput.yaml --stage "$stage" output_dir="$run" "$@" \
-    > "$out/7b_$stage.log" 2>&1
+if [ "$n" -gt 1 ]; then launch=(python3 -m accelerate.commands.launch --config_file recipes/accelerate/zero3.yaml
+                                 --num_processes "$n"); else launch=(python3); fi  # 1 GPU: no DeepSpeed
+"${launch[@]}" -m posttrain run benchmarks/recipes/olmo-hybrid-7b-throughput.yaml --stage "$stage" \
+    output_dir="$run" "$@" > "$out/7b_$stage.log" 2>&1
 echo "exit $?"
 tail -c 6000 "$out/7b_$stage.log"
 python3 benchmarks/stage_metrics.py "$run/$stage/metrics.jsonl" --gpus "$n" --out "$out/7b_$stage.json"
