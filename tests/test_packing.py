@@ -207,3 +207,23 @@ def test_collator_pads_rows_as_their_own_segment_and_truncates():
     # pad_to_multiple_of rounds a single row up, too
     b = PackedCollator(max_length=64, pad_to_multiple_of=8)([{"input_ids": [3, 4, 5]}])
     assert b["input_ids"].shape == (1, 8) and b["cu_seq_lens_q"].tolist() == [0, 3, 8]
+
+
+def test_packed_row_batches_reshuffle_each_epoch_under_accelerate_sharding():
+    """Several processes: accelerate wraps the batch sampler; set_epoch must still reach it."""
+    from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
+
+    from posttrain.data.packing import PackedRowBatches
+    lengths = [(i * 37) % 50 + 5 for i in range(200)]
+    rows = PackedRowBatches(lengths, max_len=64, seed=1)
+    for world in (1, 2):
+        sampler = rows if world == 1 else BatchSamplerShard(rows, num_processes=world, process_index=0)
+        loader = DataLoaderShard(list(range(200)), batch_sampler=sampler)
+        loader.set_epoch(0)
+        first = [b.tolist() for b in loader]
+        loader.set_epoch(1)
+        second = [b.tolist() for b in loader]
+        assert first != second, world
+        if world == 1:  # every item once per epoch, rows within max_len
+            assert sorted(i for b in second for i in b) == list(range(200))
+            assert all(sum(lengths[i] for i in b) <= 64 for b in second)

@@ -69,6 +69,9 @@ class PackedRowBatches(torch.utils.data.Sampler):
 
     def __init__(self, lengths: Sequence[int], max_len: int, seed: int = 0, window: int = 1024):
         self.lengths, self.max_len, self.seed, self.window = [min(n, max_len) for n in lengths], max_len, seed, window
+        # accelerate's DataLoaderShard.set_epoch reaches a batch sampler wrapped for several processes
+        # (BatchSamplerShard) only through its `.sampler`: without this, rows never reshuffle there.
+        self.sampler = self
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
