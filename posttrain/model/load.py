@@ -54,10 +54,10 @@ def _random_model(spec: str, dtype: torch.dtype, attn_implementation: str, seed:
     config._attn_implementation = attn_implementation
     # Built on this rank's GPU when there is one: initialising 7B parameters there takes a second,
     # on the CPU minutes. DeepSpeed ZeRO-3 partitions the module afterwards like a loaded one.
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        torch.cuda.manual_seed_all(seed) if torch.cuda.is_available() else None
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
+    with torch.random.fork_rng(devices=[device] if cuda else []), device:
+        torch.manual_seed(seed)  # seeds this device's generator too: every rank builds the same weights
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model
 

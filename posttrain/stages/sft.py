@@ -34,7 +34,8 @@ class FixedRowSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pad = inputs.pop("num_pad_tokens", None)
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if pad and model.training:  # TRL counted the padded row length as tokens
+        # On every process, pad or not: the gather is a collective. TRL counted the padded row length.
+        if pad is not None and model.training:
             dev = inputs["input_ids"].device
             self._total_train_tokens -= int(self.accelerator.gather_for_metrics(torch.tensor([pad], device=dev)).sum())
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
