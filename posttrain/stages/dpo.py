@@ -133,9 +133,15 @@ class CachedRefDPOTrainer(DPOTrainer):
         super().__init__(*a, **kw)
 
     def _pair_sizes(self, ds) -> list[int]:
-        L = self.args.max_length
-        return [min(len(p) + len(c), L) + min(len(p) + len(r), L)
-                for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+        """Packed size of each pair, from Arrow list lengths: reading the id columns into Python lists
+        would hold every token of a 7B-scale mix in memory at once."""
+        import pyarrow.compute as pc
+        L, sizes = self.args.max_length, []
+        for b in ds.with_format("arrow").iter(batch_size=8192):
+            p, c, r = (pc.list_value_length(b[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+            chosen, rejected = pc.min_element_wise(pc.add(p, c), L), pc.min_element_wise(pc.add(p, r), L)
+            sizes += pc.add(chosen, rejected).to_pylist()
+        return sizes
 
     def get_train_dataloader(self):
         """Packed: each micro-batch is one row holding as many pairs as fit max_length (PackedRowBatches)."""
