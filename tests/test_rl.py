@@ -108,3 +108,24 @@ def test_grpo_settings_reach_trl(monkeypatch, tmp_path):
     assert (st.beta, st.loss_type, st.epsilon, st.epsilon_high, st.scale_rewards, st.tis_cap) == \
            (0.0, "dapo", 0.2, 0.272, "none", 2.0)
     assert st.rollouts_per_prompt == 8 and st.prompts_per_step == 64 and st.skip_solved_rate == 0.875
+
+
+def test_save_once_has_one_writer_per_node(tmp_path):
+    """Every rank starts vLLM from the same folder; only local rank 0 writes it, the others wait."""
+    import threading
+
+    from posttrain.stages.rl import save_once
+    tok = build_tiny_tokenizer("olmo-think")
+    model = build_tiny_model(tok)
+    path, saves = tmp_path / "init_model-host", []
+    real = model.save_pretrained
+    model.save_pretrained = lambda *a, **k: (saves.append(1), real(*a, **k))
+    waiter = threading.Thread(target=save_once, args=(model, tok, path, 1, 60.0))
+    waiter.start()
+    save_once(model, tok, path, 0)
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and saves == [1] and (path / "READY").is_file()
+    save_once(model, tok, path, 0)  # a resumed attempt reuses it
+    assert saves == [1]
+    with pytest.raises(TimeoutError):
+        save_once(model, tok, tmp_path / "never", 1, timeout_s=0.5)

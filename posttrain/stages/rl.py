@@ -244,10 +244,29 @@ def prepare_vllm(ctx: StageContext, model, tok) -> None:
     from posttrain.vllm_plugin import register
     register()  # the entry point does this when posttrain is installed; PYTHONPATH runs need it here
     if not Path(model.name_or_path or "").is_dir():
-        init = ctx.work_dir / "init_model"
-        model.save_pretrained(init, save_original_format=False)
-        tok.save_pretrained(init)
+        import socket
+        init = ctx.work_dir / f"init_model-{socket.gethostname()}"  # per node: works without a shared disk
+        save_once(model, tok, init, int(os.environ.get("LOCAL_RANK", "0")))
         model.name_or_path = str(init)
+
+
+def save_once(model, tok, path: Path, local_rank: int, timeout_s: float = 3600.0) -> None:
+    """Save the model for vLLM once per node: local rank 0 writes, then a READY marker; the other ranks
+    of the node wait for it (no process group exists yet to hold a barrier with). A folder without the
+    marker (a save killed halfway) is written again; one with it holds the same weights (same key)."""
+    import time
+    ready = path / "READY"
+    if local_rank == 0:
+        if not ready.is_file():
+            model.save_pretrained(path, save_original_format=False)
+            tok.save_pretrained(path)
+            ready.touch()
+        return
+    t0 = time.monotonic()
+    while not ready.is_file():
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"{path}: local rank 0 did not finish saving the model for vLLM")
+        time.sleep(1.0)
 
 
 def grpo_config(st, output_dir, reward_weights: list[float]) -> GRPOConfig:
