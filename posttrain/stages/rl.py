@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -238,7 +240,6 @@ def build_rewards(specs: list[dict], prefix: str):
 def prepare_vllm(ctx: StageContext, model, tok) -> None:
     """vLLM on the hybrid: its sampler and in-process engine settings, the GDN conv loader fix, and
     a checkpoint on disk in vLLM's naming for the engine to start from."""
-    import os
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # fails on the GPU image
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # CUDA is already up in the trainer
     from posttrain.vllm_plugin import register
@@ -254,7 +255,6 @@ def save_once(model, tok, path: Path, local_rank: int, timeout_s: float = 3600.0
     """Save the model for vLLM once per node: local rank 0 writes, then a READY marker; the other ranks
     of the node wait for it (no process group exists yet to hold a barrier with). A folder without the
     marker (a save killed halfway) is written again; one with it holds the same weights (same key)."""
-    import time
     ready = path / "READY"
     if local_rank == 0:
         if not ready.is_file():
@@ -334,5 +334,9 @@ def run(ctx: StageContext) -> dict:
                "prompt_queue": {k: v for k, v in queue.state_dict().items() if k != "solved"}}
     # cleanup
     evals = finish(ctx, trainer, tok)
+    trainer.accelerator.wait_for_everyone()  # no engine still reading the starting checkpoint
+    if st.engine == "vllm" and os.environ.get("LOCAL_RANK", "0") == "0":
+        for init in ctx.work_dir.glob("init_model-*"):  # a full copy of the starting model (15 GB at 7B)
+            shutil.rmtree(init, ignore_errors=True)
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}
 
