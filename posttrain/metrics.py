@@ -7,6 +7,7 @@ document boundaries, the GDN recurrence, the conv), the same count the benchmark
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -49,7 +50,6 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        import os
         if os.environ.get("RANK", "0") != "0":  # one writer under a distributed launch
             return
         with self.path.open("a") as f:

@@ -96,6 +96,16 @@ class PackedRowBatches(torch.utils.data.Sampler):
         return len(self.rows)
 
 
+def list_lengths(ds, key: str) -> list[int]:
+    """Length of every list in a datasets column, from Arrow: reading a token-id column into Python
+    lists would hold every token of a 7B-scale mix in memory at once."""
+    import pyarrow.compute as pc
+    out: list[int] = []
+    for b in ds.with_format("arrow").iter(batch_size=8192):
+        out += pc.list_value_length(b[key]).to_pylist()
+    return out
+
+
 def pad_packed_row(batch: dict, multiple: int, pad_token_id: int) -> dict:
     """Pad a padding-free batch (TRL's: one row, cu_seq_lens, seq_idx) to a multiple of `multiple` tokens
     with one padding segment of its own, as pack_sequences(pad_to=...) does; adds `num_pad_tokens`.

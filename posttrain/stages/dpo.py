@@ -133,15 +133,11 @@ class CachedRefDPOTrainer(DPOTrainer):
         super().__init__(*a, **kw)
 
     def _pair_sizes(self, ds) -> list[int]:
-        """Packed size of each pair, from Arrow list lengths: reading the id columns into Python lists
-        would hold every token of a 7B-scale mix in memory at once."""
-        import pyarrow.compute as pc
-        L, sizes = self.args.max_length, []
-        for b in ds.with_format("arrow").iter(batch_size=8192):
-            p, c, r = (pc.list_value_length(b[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
-            chosen, rejected = pc.min_element_wise(pc.add(p, c), L), pc.min_element_wise(pc.add(p, r), L)
-            sizes += pc.add(chosen, rejected).to_pylist()
-        return sizes
+        """Packed size of each pair: prompt + chosen and prompt + rejected, each truncated to max_length."""
+        from posttrain.data.packing import list_lengths
+        L = self.args.max_length
+        p, c, r = (list_lengths(ds, k) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+        return [min(a + b, L) + min(a + d, L) for a, b, d in zip(p, c, r)]
 
     def get_train_dataloader(self):
         """Packed: each micro-batch is one row holding as many pairs as fit max_length (PackedRowBatches)."""

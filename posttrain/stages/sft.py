@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from posttrain.data.packing import pad_packed_row
+from posttrain.data.packing import list_lengths, pad_packed_row
 from posttrain.metrics import ThroughputCallback
 from posttrain.stages.common import StageContext, base_eval, finish, load_stage_model, training_args, world_size
 
@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> dict:
                                  row_multiple=st.max_length if st.packing else None)
     ds = trainer.train_dataset
     docs = [n for row in ds["seq_lengths"] for n in row] if "seq_lengths" in ds.column_names else \
-        [len(x) for x in ds["input_ids"]]
+        list_lengths(ds, "input_ids")
     mean_doc = sum(docs) / max(1, len(docs))
     tput.doc_len = lambda logs: mean_doc
     log.info("%s: %d rows, %d rows/step (micro %d x accum %d x world %d), lr %g",
