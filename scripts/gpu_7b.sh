@@ -3,6 +3,8 @@
 # GPUs through accelerate (on one GPU: no DeepSpeed; the 7B's AdamW needs an H200 there), then its
 # steady-state figures (benchmarks/stage_metrics.py).
 #   bash scripts/gpu_7b.sh sft|dpo|rl [dotlist overrides...]
+# STAGE_LIMIT_S stops the stage early (SIGTERM, then the summary of what it logged still runs: the
+# device tool's calls end at 600 s); WARMUP is how many logged steps the summary leaves out.
 # Needs `../shared/device/stage-wheels.sh train deepspeed vllm` installed into /tmp/site
 # (../shared/device/README.md). Keep NVLink multicast off (NCCL_NVLS_ENABLE=0).
 set -uo pipefail
@@ -16,9 +18,9 @@ n=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1
 if [ "$n" -gt 1 ]; then launch=(python3 -m accelerate.commands.launch --config_file recipes/accelerate/zero3.yaml
                                  --num_processes "$n"); else launch=(python3); fi  # 1 GPU: no DeepSpeed
-"${launch[@]}" -m posttrain run benchmarks/recipes/olmo-hybrid-7b-throughput.yaml --stage "$stage" \
+timeout -k 15 "${STAGE_LIMIT_S:-0}" "${launch[@]}" -m posttrain run benchmarks/recipes/olmo-hybrid-7b-throughput.yaml --stage "$stage" \
     output_dir="$run" "$@" > "$out/7b_$stage.log" 2>&1
 echo "exit $?"
 tail -c 6000 "$out/7b_$stage.log"
-python3 benchmarks/stage_metrics.py "$run/$stage/metrics.jsonl" --gpus "$n" --out "$out/7b_$stage.json"
+python3 benchmarks/stage_metrics.py "$run/$stage/metrics.jsonl" --gpus "$n" --warmup "${WARMUP:-2}" --out "$out/7b_$stage.json"
 cp "$run/$stage/metrics.jsonl" "$out/7b_${stage}_metrics.jsonl" 2>/dev/null
