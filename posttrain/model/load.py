@@ -59,6 +59,7 @@ def _random_model(spec: str, dtype: torch.dtype, attn_implementation: str, seed:
     with torch.random.fork_rng(devices=[device] if cuda else []), device:
         torch.manual_seed(seed)  # seeds this device's generator too: every rank builds the same weights
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.name_or_path = model.config._name_or_path = ""  # no checkpoint holds these weights
     return model
 
 

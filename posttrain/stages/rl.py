@@ -244,11 +244,22 @@ def prepare_vllm(ctx: StageContext, model, tok) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # CUDA is already up in the trainer
     from posttrain.vllm_plugin import register
     register()  # the entry point does this when posttrain is installed; PYTHONPATH runs need it here
-    if not Path(model.name_or_path or "").is_dir():
+    if not is_checkpoint_dir(model.name_or_path):
         import socket
         init = ctx.work_dir / f"init_model-{socket.gethostname()}"  # per node: works without a shared disk
         save_once(model, tok, init, int(os.environ.get("LOCAL_RANK", "0")))
         model.name_or_path = str(init)
+
+
+def is_checkpoint_dir(name_or_path: str | None) -> bool:
+    """Whether vLLM can start from this folder: it holds weights. A random or tiny model has no
+    name ("" would resolve to the working folder) and a `random:DIR` model only borrowed DIR's config.
+
+    >>> is_checkpoint_dir(""), is_checkpoint_dir(None), is_checkpoint_dir("/no/such/dir")
+    (False, False, False)
+    """
+    d = Path(name_or_path) if name_or_path else None
+    return bool(d and d.is_dir() and any(d.glob("*.safetensors")))
 
 
 def save_once(model, tok, path: Path, local_rank: int, timeout_s: float = 3600.0) -> None:
