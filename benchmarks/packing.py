@@ -7,12 +7,14 @@ clipped to T) and the same pool feeds every mode at a token budget T per step:
 - padded: consecutive documents, batch x longest <= T, right-padded, the stock model;
 - stock:  best-fit-decreasing rows of <= T tokens, position_ids only (what TRL's padding-free
           collator gives), the stock model: fast-ish but it leaks across documents;
-- packed: the same rows through PackedCollator + enable_exact_packing: exact.
+- packed: the same rows through PackedCollator + enable_exact_packing: exact;
+- fused:  packed, plus fla's fused RMSNorm and SwiGLU (`model.fused_layers`, posttrain/model/fused.py).
 Real tokens/s counts document tokens only; MFU credits every mode the same per-document FLOPs
 (benchmarks/flops.py) against 798 TFLOP/s.
 
     PYTHONPATH=. python benchmarks/packing.py [--seq-lens 4096 16384] [--profile]
     PYTHONPATH=. python benchmarks/packing.py --size tiny --device cpu --seq-lens 256  # smoke
+    PYTHONPATH=. python benchmarks/packing.py --size 7b-8l --modes packed fused --seq-lens 8192 --profile
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ SIZES = {
     "1b": dict(vocab_size=100352, hidden_size=2048, intermediate_size=5888, num_hidden_layers=16,
                num_attention_heads=16, num_key_value_heads=16, linear_num_key_heads=16,
                linear_num_value_heads=16, linear_key_head_dim=96, linear_value_head_dim=192),
+    "7b-8l": dict(vocab_size=100352, hidden_size=3840, intermediate_size=11008, num_hidden_layers=8,  # the 7B's widths
+                  num_attention_heads=30, num_key_value_heads=30, linear_num_key_heads=30,
+                  linear_num_value_heads=30, linear_key_head_dim=96, linear_value_head_dim=192),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=184, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=4, linear_num_key_heads=4,
                  linear_num_value_heads=4, linear_key_head_dim=12, linear_value_head_dim=24),
@@ -168,7 +173,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", choices=list(SIZES), default="1b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 16384])
-    ap.add_argument("--modes", nargs="+", default=["padded", "stock", "packed"])
+    ap.add_argument("--modes", nargs="+", default=["padded", "stock", "packed"],
+                    choices=["padded", "stock", "packed", "fused"])
     ap.add_argument("--warmup", type=int, default=1, help="untimed passes over the timed batches")
     ap.add_argument("--steps", type=int, default=4, help="timed steps (distinct batches) per mode and T")
     ap.add_argument("--docs", type=int, default=600)
@@ -208,10 +214,14 @@ def main(argv=None) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
     # Stock modes first, on the unpatched model; then patch in place for ours.
-    for mode in [m for m in ("padded", "stock", "packed") if m in args.modes]:
-        if mode == "packed":
+    for mode in [m for m in ("padded", "stock", "packed", "fused") if m in args.modes]:
+        if mode in ("packed", "fused") and not getattr(model, "_packing_enabled", False):
             report = enable_exact_packing(model)
+            model._packing_enabled = True
             print("packed kernels:", report)
+        if mode == "fused":
+            from posttrain.model.fused import fuse_layers
+            print("fused layers:", fuse_layers(model))
         for T in args.seq_lens:
             lengths, docs, rows = pools[T]
             n = args.steps
@@ -236,20 +246,36 @@ def main(argv=None) -> dict:
             results.append(r)
             save()
             print(fmt_row(r), flush=True)
-        if mode == "packed" and args.profile:
+        if mode in ("packed", "fused") and args.profile:
             T = args.seq_lens[-1]  # batches are still this T's
             prof = profile_step(model, opt, batches[0], device)
-            print(f"\none packed step at T={T}, profiled: {prof['total_ms']:.1f} ms of kernels")
+            print(f"\none {mode} step at T={T}, profiled: {prof['total_ms']:.1f} ms of kernels")
             for g, ms in prof["groups_ms"].items():
                 print(f"  {ms:9.2f} ms {100 * ms / prof['total_ms']:5.1f}%  {g}")
             print("top 10 kernels:")
             for e in prof["top"]:
                 print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']}")
-            results.append({"mode": "packed", "seq_len": T, "profile": prof})
+            results.append({"mode": mode, "seq_len": T, "profile": prof})
 
+    out["ratios"] = ratios(results)
     save()
     print("\n" + table(results))
+    for key, r in out["ratios"].items():
+        print(f"{key}: {r:.3f}x real tokens/s")
     return out
+
+
+def ratios(results: list[dict]) -> dict[str, float]:
+    """Each mode's real tokens/s over a baseline's, at each T measured in this run (fused over
+    packed: what the fused layers buy; packed over padded: what exact packing buys).
+
+    >>> ratios([{"mode": "packed", "seq_len": 8, "real_tokens_per_s": 100.0},
+    ...         {"mode": "fused", "seq_len": 8, "real_tokens_per_s": 125.0}])
+    {'fused/packed T=8': 1.25}
+    """
+    tps = {(r["mode"], r["seq_len"]): r["real_tokens_per_s"] for r in results if "real_tokens_per_s" in r}
+    return {f"{a}/{b} T={t}": tps[(a, t)] / tps[(b, t)]
+            for a, b in (("packed", "padded"), ("fused", "packed")) for (m, t) in tps if m == a and (b, t) in tps}
 
 
 def fmt_row(r: dict) -> str:

@@ -39,6 +39,9 @@ class ModelConfig:
     """transformers attention for unpacked batches; packed batches use posttrain's varlen path."""
     allow_kernel_fallback: bool = False
     """On CUDA, allow the torch GDN/conv reference when fla is missing (19x slower: opt-in only)."""
+    fused_layers: bool = False
+    """On CUDA, run the stock RMSNorms and SiLU-gated MLPs through fla's fused kernels (model/fused.py);
+    ignored on CPU. Off until its 7B stage throughput is measured."""
 
 
 @dataclass

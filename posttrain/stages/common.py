@@ -64,7 +64,22 @@ def load_stage_model(ctx: StageContext):
     model = load_model(src, m.dtype, m.attn_implementation, tokenizer=tok, seed=ctx.recipe.cfg.seed)
     log.info("%s: model from %s (%s params, %s)", ctx.name, src, f"{sum(p.numel() for p in model.parameters()):,}",
              m.dtype)
+    if m.fused_layers:
+        fuse_stage_layers(ctx, model)
     return model, tok
+
+
+def fuse_stage_layers(ctx: StageContext, model) -> None:
+    """`model.fused_layers`: fla's fused norm/MLP kernels on CUDA; the torch code on CPU (tiny runs)."""
+    if not torch.cuda.is_available():
+        log.info("%s: model.fused_layers applies on CUDA only; the torch norms and MLPs run on CPU", ctx.name)
+        return
+    from posttrain.model.fused import fuse_layers
+    from posttrain.model.kernels import fla_problem
+    problem = fla_problem()
+    if problem:
+        raise RuntimeError(f"{ctx.recipe.source}: model.fused_layers: {problem}")
+    log.info("%s: fused layers (fla): %s", ctx.name, fuse_layers(model))
 
 
 def training_args(st: StageBase, out: Path, grad_accum: int, micro_batch: int) -> dict:
