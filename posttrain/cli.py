@@ -67,10 +67,9 @@ def cmd_run(args) -> int:
 
 def _print_estimates(recipe, plans, gpus: int | None, zero: int | None, gpu_gb: float) -> None:
     """Steps, tokens and memory per GPU for each planned stage (posttrain.memory)."""
-    import os
-
+    from posttrain.launch import world_size
     from posttrain.memory import config_params, model_config, stage_estimate, stage_steps
-    gpus = gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    gpus = gpus or world_size()
     zero = zero if zero is not None else (3 if gpus > 1 else 0)
     config, note = model_config(recipe.cfg.model.name)
     params = config_params(config)
@@ -199,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         args.overrides = list(args.overrides) + rest
     # Under a distributed launch every rank runs this; only the main one talks (others: warnings).
-    main_rank = os.environ.get("RANK", "0") == "0"
+    from posttrain.launch import rank
+    main_rank = rank() == 0
     if not main_rank:
         sys.stdout = open(os.devnull, "w")
     level = (logging.DEBUG if args.verbose else logging.INFO) if main_rank else logging.WARNING

@@ -7,11 +7,12 @@ document boundaries, the GDN recurrence, the conv), the same count the benchmark
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from posttrain.launch import rank
 
 # Peak dense bf16 matmul rate we compare against (measured on the GPU machine's H100s).
 H100_BF16_PEAK = 798e12
@@ -50,7 +51,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        if os.environ.get("RANK", "0") != "0":  # one writer under a distributed launch
+        if rank() != 0:  # one writer under a distributed launch
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from posttrain.data.templates import EOS, IM_END
+from posttrain.launch import local_rank
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -49,13 +50,12 @@ def random_config(spec: str):
 
 
 def _random_model(spec: str, dtype: torch.dtype, attn_implementation: str, seed: int) -> PreTrainedModel:
-    import os
     config = random_config(spec)
     config._attn_implementation = attn_implementation
     # Built on this rank's GPU when there is one: initialising 7B parameters there takes a second,
     # on the CPU minutes. DeepSpeed ZeRO-3 partitions the module afterwards like a loaded one.
     cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
+    device = torch.device(f"cuda:{local_rank()}" if cuda else "cpu")
     with torch.random.fork_rng(devices=[device] if cuda else []), device:
         torch.manual_seed(seed)  # seeds this device's generator too: every rank builds the same weights
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

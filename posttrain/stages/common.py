@@ -96,16 +96,6 @@ def training_args(st: StageBase, out: Path, grad_accum: int, micro_batch: int) -
     )
 
 
-def world_size() -> int:
-    import os
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    import os
-    return int(os.environ.get("RANK", "0"))
-
-
 def eval_stage_model(ctx: StageContext, model, tokenizer, label: str = "after") -> dict:
     """Greedy held-out eval (task accuracy, format, length); {} when the stage has no eval mix."""
     if not ctx.eval_rows or ctx.stage.eval.max_examples <= 0:

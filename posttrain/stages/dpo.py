@@ -26,7 +26,8 @@ from trl import DPOConfig, DPOTrainer
 from posttrain.data.mix import resolve_mix, rows_hash
 from posttrain.metrics import ThroughputCallback
 from posttrain.recipe import resolve_file
-from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, world_size
+from posttrain.launch import world_size
+from posttrain.stages.common import StageContext, finish, load_stage_model, training_args
 from posttrain.stages.losses import TRL_LOSS
 
 log = logging.getLogger("posttrain")

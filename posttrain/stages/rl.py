@@ -29,7 +29,8 @@ from trl import GRPOConfig, GRPOTrainer
 from posttrain.data.templates import generation_prefix
 from posttrain.metrics import ThroughputCallback
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
-from posttrain.stages.common import StageContext, finish, load_stage_model, rank, training_args, world_size
+from posttrain.launch import local_rank, rank, world_size
+from posttrain.stages.common import StageContext, finish, load_stage_model, training_args
 
 log = logging.getLogger("posttrain")
 
@@ -247,7 +248,7 @@ def prepare_vllm(ctx: StageContext, model, tok) -> None:
     if not is_checkpoint_dir(model.name_or_path):
         import socket
         init = ctx.work_dir / f"init_model-{socket.gethostname()}"  # per node: works without a shared disk
-        save_once(model, tok, init, int(os.environ.get("LOCAL_RANK", "0")))
+        save_once(model, tok, init, local_rank())
         model.name_or_path = str(init)
 
 
@@ -346,7 +347,7 @@ def run(ctx: StageContext) -> dict:
     # cleanup
     evals = finish(ctx, trainer, tok)
     trainer.accelerator.wait_for_everyone()  # no engine still reading the starting checkpoint
-    if st.engine == "vllm" and os.environ.get("LOCAL_RANK", "0") == "0":
+    if st.engine == "vllm" and local_rank() == 0:
         for init in ctx.work_dir.glob("init_model-*"):  # a full copy of the starting model (15 GB at 7B)
             shutil.rmtree(init, ignore_errors=True)
     return {**summary, **({"accuracy": evals["accuracy"]} if evals else {})}

@@ -16,7 +16,8 @@ from trl import SFTConfig, SFTTrainer
 
 from posttrain.data.packing import list_lengths, pad_packed_row
 from posttrain.metrics import ThroughputCallback
-from posttrain.stages.common import StageContext, base_eval, finish, load_stage_model, training_args, world_size
+from posttrain.launch import world_size
+from posttrain.stages.common import StageContext, base_eval, finish, load_stage_model, training_args
 
 log = logging.getLogger("posttrain")
 
