@@ -1,6 +1,6 @@
 """Steady-state figures of one stage run, from the metrics.jsonl every stage writes.
 
-The stages log tokens/s (real tokens, all GPUs) and MFU at every logging step (posttrain.metrics);
+The stages log tokens/s (real tokens, all GPUs), MFU and GPU memory at every logging step (posttrain.metrics);
 GRPO also logs its step's time split. The first `--warmup` logged steps carry kernel compilation
 and autotuning and are left out; the rest are averaged. Used by scripts/gpu_7b.sh:
 
@@ -24,7 +24,7 @@ from packing import markdown_table  # noqa: E402
 from posttrain.metrics import read_metrics  # noqa: E402
 
 KEYS = ("tokens_per_s", "mfu", "loss", "time/generation_s", "time/weight_sync_s", "time/train_s", "time/step_s",
-        "time/generation_frac", "sampling/kl_k3", "step_time")
+        "time/generation_frac", "sampling/kl_k3", "step_time", "mem/peak_allocated_gb", "mem/device_used_gb")
 
 
 def summarize(records: list[dict], gpus: int, warmup: int = 2) -> dict:
@@ -40,8 +40,8 @@ def summarize(records: list[dict], gpus: int, warmup: int = 2) -> dict:
     out = {"gpus": gpus, "steps_logged": len(steps), "steps_measured": len(kept), "warmup_steps": warmup}
     for k in KEYS:
         vals = [r[k] for r in kept if isinstance(r.get(k), (int, float))]
-        if vals:
-            out[k.replace("/", "_")] = statistics.fmean(vals)
+        if vals:  # memory: the worst step; the rest: the mean
+            out[k.replace("/", "_")] = max(vals) if k.startswith("mem/") else statistics.fmean(vals)
     if "tokens_per_s" in out:
         out["tokens_per_s_per_gpu"] = out["tokens_per_s"] / gpus
     return out

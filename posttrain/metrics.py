@@ -43,6 +43,22 @@ def device_peak_flops() -> float | None:
     return None
 
 
+def gpu_memory(torch_cuda=None) -> dict[str, float]:
+    """This process's GPU memory since the last call, in GB (1e9 bytes); {} without CUDA.
+    `peak_allocated` is torch's caching allocator (the trainer: weights, states, activations);
+    `device_used` is the whole device now (also vLLM's pools, NCCL buffers, other processes), the
+    figure to hold against the card and the dry run's estimate."""
+    if torch_cuda is None:
+        import torch
+        torch_cuda = torch.cuda
+    if not torch_cuda.is_available():
+        return {}
+    peak = torch_cuda.max_memory_allocated()
+    torch_cuda.reset_peak_memory_stats()  # each logging interval gets its own peak
+    free, total = torch_cuda.mem_get_info()
+    return {"mem/peak_allocated_gb": round(peak / 1e9, 2), "mem/device_used_gb": round((total - free) / 1e9, 2)}
+
+
 class MetricsWriter:
     """Appends one JSON object per line; a resumed stage appends after what it had."""
 
@@ -99,4 +115,5 @@ class ThroughputCallback(TrainerCallback):
                 rec["mfu"] = round(m, 4)
         if tokens is not None:
             self._t, self._tokens = now, tokens
+        rec.update(gpu_memory())
         self.writer.write(rec)

@@ -81,3 +81,20 @@ def test_throughput_callback_tokens_per_s_and_mfu_at_the_documents_length(tmp_pa
     per_gpu = 1000.0  # 2 GPUs
     assert rec["mfu"] == round(per_gpu * flops.train_flops(cfg, [100]) / 100 / 1e12, 4)
     assert flops.train_flops(cfg, [100]) / 100 < flops.train_flops(cfg, [1024]) / 1024  # the row length would overstate it
+
+
+def test_gpu_memory_is_per_interval_peak_and_whole_device_use():
+    """The peak is torch's since the last log (then reset); device use is total minus free, so it
+    also counts what torch does not allocate (a colocated vLLM's pools, NCCL buffers)."""
+    from types import SimpleNamespace
+
+    from posttrain.metrics import gpu_memory
+    state = {"peak": 30e9, "resets": 0}
+
+    def reset():
+        state["peak"], state["resets"] = 0.0, state["resets"] + 1
+    cuda = SimpleNamespace(is_available=lambda: True, max_memory_allocated=lambda: state["peak"],
+                           reset_peak_memory_stats=reset, mem_get_info=lambda: (41e9, 141e9))
+    assert gpu_memory(cuda) == {"mem/peak_allocated_gb": 30.0, "mem/device_used_gb": 100.0}
+    assert state["resets"] == 1 and gpu_memory(cuda)["mem/peak_allocated_gb"] == 0.0
+    assert gpu_memory(SimpleNamespace(is_available=lambda: False)) == {}
