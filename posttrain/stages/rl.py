@@ -260,7 +260,7 @@ def is_checkpoint_dir(name_or_path: str | None) -> bool:
     (False, False, False)
     """
     d = Path(name_or_path) if name_or_path else None
-    return bool(d and d.is_dir() and any(d.glob("*.safetensors")))
+    return bool(d and d.is_dir() and (any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))))
 
 
 def save_once(model, tok, path: Path, local_rank: int, timeout_s: float = 3600.0) -> None:
