@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from reward import metrics
 from reward.code import code_reward
+from reward.coin import coin_flip
 from reward.format import format_instruct, format_think, length_reward
 from reward.ifeval import ifeval_reward
 from reward.judge import judge_reward
@@ -35,12 +36,13 @@ REWARDS: dict[str, RewardFn] = {
     "format_instruct": format_instruct,
     "format_length": length_reward,
     "judge": judge_reward,
+    "coin_flip": coin_flip,  # throughput runs of random models only (reward/coin.py)
 }
 
 # Which `verifier` values each reward owns unless a spec says otherwise; None = every row.
 DEFAULT_ROUTES: dict[str, set[str] | None] = {
     "math": {"math"}, "ifeval": {"ifeval"}, "code": {"code"}, "judge": {"judge"},
-    "format_think": None, "format_instruct": None, "format_length": None,
+    "format_think": None, "format_instruct": None, "format_length": None, "coin_flip": None,
 }
 
 
