@@ -46,3 +46,4 @@ def test_doctor_reports_kernels(capsys):
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
     assert "torch" in text and "gdn" in text and "vllm" in text
+    assert "fused_layers     unavailable" in text  # CPU: the fused norm/MLP kernels need CUDA
