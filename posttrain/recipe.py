@@ -153,7 +153,8 @@ class GRPOStage(StageBase):
     vllm_gpu_memory_utilization: float = 0.3
     """Fraction of each GPU vLLM may take in colocate mode (the rest trains)."""
     vllm_server_base_url: str | None = None
-    """Server mode: where `trl vllm-serve` listens (NCCL weight updates go to its group port)."""
+    """Server mode: where `trl vllm-serve` listens (NCCL weight updates go to its group port). The
+    server must serve the stage's starting model: TRL first syncs weights after the first step."""
 
 
 STAGE_TYPES = {"sft": SFTStage, "dpo": DPOStage, "grpo": GRPOStage}
@@ -314,6 +315,10 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.loss_type: must be dpo_norm or dpo, got {st.loss_type!r}")
         if isinstance(st, GRPOStage) and st.engine not in ("hf", "vllm"):
             raise RecipeError(f"{where}.engine: must be hf or vllm, got {st.engine!r}")
+        if isinstance(st, GRPOStage) and st.vllm_mode not in ("colocate", "server"):
+            raise RecipeError(f"{where}.vllm_mode: must be colocate or server, got {st.vllm_mode!r}")
+        if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
+            raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
     for i, ex in enumerate(r.cfg.exports):
         if ex.stage not in names:
             raise RecipeError(f"{src}: exports.{i}.stage: no stage named {ex.stage!r} (stages: {', '.join(names)})")

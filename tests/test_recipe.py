@@ -57,6 +57,9 @@ def mix(tmp_path):
     (lambda s: s + "chat_template: nope\n", "chat_template"),
     (lambda s: s.replace("learning_rate: 1.0e-3", "learning_rate: 1.0e-3\n    init_from: dpo"), "stages.sft.init_from"),
     (lambda s: s + "exports:\n  - stage: rl\n", "exports.0.stage"),
+    (lambda s: s.replace("kind: sft", "kind: grpo\n    vllm_mode: remote"), "stages.sft.vllm_mode"),
+    (lambda s: s.replace("kind: sft", "kind: grpo\n    engine: vllm\n    vllm_mode: server"),
+     "stages.sft.vllm_server_base_url"),
 ])
 def test_mistakes_are_one_line_naming_file_and_field(tmp_path, mix, mutate, expect):
     path = write(tmp_path, mutate(GOOD.format(mix=mix)))

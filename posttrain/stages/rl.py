@@ -309,7 +309,7 @@ def run(ctx: StageContext) -> dict:
         raise ValueError(f"{ctx.mix.manifest['mix']}: GRPO needs prompt rows with ground_truth, got {ctx.mix.format!r}")
     # setup
     model, tok = load_stage_model(ctx)
-    if st.engine == "vllm":
+    if st.engine == "vllm" and st.vllm_mode == "colocate":  # a server has its own model and plugin
         prepare_vllm(ctx, model, tok)
     plens = [len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True))
              for r in ctx.mix.rows]
