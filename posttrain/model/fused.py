@@ -22,36 +22,50 @@ import types
 
 import torch
 
-FUSED_LAYERS = "fla rms_norm + swiglu"
+def _rms_norm_forward(rms_norm):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not hidden_states.is_cuda:  # a CPU pass on a GPU machine (export checks): the stock code
+            return type(self).forward(self, hidden_states)
+        return rms_norm(hidden_states, self.weight, None, eps=self.variance_epsilon)
+    return forward
 
 
-def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    if not hidden_states.is_cuda:  # a CPU pass on a GPU machine (export checks): the stock code
-        return type(self).forward(self, hidden_states)
-    from fla.modules.norm.layernorm import rms_norm
-    return rms_norm(hidden_states, self.weight, None, eps=self.variance_epsilon)
+def _swiglu_mlp_forward(swiglu):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            return type(self).forward(self, x)
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+    return forward
 
 
-def _swiglu_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    if not x.is_cuda:
-        return type(self).forward(self, x)
-    from fla.modules.activations import swiglu
-    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+def _fla_forwards():
+    """fla's kernels bound into replacement forwards. On a CPU-only machine fla's kernels cannot be
+    imported (no triton); the forwards then only ever take their CPU branch."""
+    try:
+        from fla.modules.activations import swiglu
+        from fla.modules.norm.layernorm import rms_norm
+    except Exception:  # ImportError, or triton missing inside fla's import
+        if torch.cuda.is_available():
+            raise
+        rms_norm = swiglu = None
+    return _rms_norm_forward(rms_norm), _swiglu_mlp_forward(swiglu)
 
 
 def fuse_layers(model) -> dict[str, int]:
     """Swap the stock RMSNorm and SiLU-gated MLP forwards of an OlmoHybrid model for fla's fused
-    kernels, in place; returns how many modules of each kind were swapped. CUDA tensors only."""
+    kernels, in place; returns how many modules of each kind were swapped. CUDA tensors run fla's
+    kernels, CPU tensors the stock code."""
     from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridMLP, OlmoHybridRMSNorm
     act = getattr(model.config, "hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ValueError(f"fused_layers: the fused MLP is SiLU-gated, this model's hidden_act is {act!r}")
+    norm_fwd, mlp_fwd = _fla_forwards()
     counts = {"rms_norm": 0, "mlp": 0}
     for m in model.modules():
         if type(m) is OlmoHybridRMSNorm:  # exact type: the gated GDN output norm has its own fla path
-            m.forward = types.MethodType(_rms_norm_forward, m)
+            m.forward = types.MethodType(norm_fwd, m)
             counts["rms_norm"] += 1
         elif type(m) is OlmoHybridMLP:
-            m.forward = types.MethodType(_swiglu_mlp_forward, m)
+            m.forward = types.MethodType(mlp_fwd, m)
             counts["mlp"] += 1
     return counts
