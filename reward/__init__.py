@@ -5,8 +5,8 @@ signature: completions may be strings or chat message lists, extra columns are i
 None means "this reward does not apply to this row". Nothing here imports trl or
 posttrain.stages, so rewards can be unit-tested, benchmarked and served on their own.
 
->>> sorted(REWARDS)[:3]
-['code', 'format_instruct', 'format_length']
+>>> sorted(REWARDS)
+['code', 'coin_flip', 'format_instruct', 'format_length', 'format_think', 'ifeval', 'judge', 'math']
 """
 
 from reward import metrics
