@@ -214,10 +214,10 @@ def main(argv=None) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
     # Stock modes first, on the unpatched model; then patch in place for ours.
+    patched = False
     for mode in [m for m in ("padded", "stock", "packed", "fused") if m in args.modes]:
-        if mode in ("packed", "fused") and not getattr(model, "_packing_enabled", False):
-            report = enable_exact_packing(model)
-            model._packing_enabled = True
+        if mode in ("packed", "fused") and not patched:
+            report, patched = enable_exact_packing(model), True
             print("packed kernels:", report)
         if mode == "fused":
             from posttrain.model.fused import fuse_layers
