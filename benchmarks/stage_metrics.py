@@ -24,7 +24,9 @@ from packing import markdown_table  # noqa: E402
 from posttrain.metrics import read_metrics  # noqa: E402
 
 KEYS = ("tokens_per_s", "mfu", "loss", "time/generation_s", "time/weight_sync_s", "time/train_s", "time/step_s",
-        "time/generation_frac", "sampling/kl_k3", "step_time", "mem/peak_allocated_gb", "mem/device_used_gb")
+        "time/generation_frac", "sampling/kl_k3", "sampling/sampling_logp_difference/mean",
+        "sampling/importance_sampling_ratio/mean", "completions/mean_length", "step_time",
+        "mem/peak_allocated_gb", "mem/device_used_gb")
 
 
 def summarize(records: list[dict], gpus: int, warmup: int = 2) -> dict:
