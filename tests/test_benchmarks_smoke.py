@@ -43,3 +43,20 @@ def test_packing_benchmark_smoke_with_fused_layers(tmp_path):
     assert set(out["ratios"]) == {"fused/packed T=256"} and out["ratios"]["fused/packed T=256"] > 0
     assert packing.ratios([{"mode": "padded", "seq_len": 4, "real_tokens_per_s": 50.0},
                            {"mode": "packed", "seq_len": 4, "real_tokens_per_s": 100.0}]) == {"packed/padded T=4": 2.0}
+
+
+def test_stage_metrics_drops_warmup_means_the_rest_and_takes_the_worst_memory(tmp_path):
+    import json
+
+    import stage_metrics
+    recs = [{"step": 1, "tokens_per_s": 10.0, "mem/peak_allocated_gb": 90.0},   # compile step: left out
+            {"step": 2, "tokens_per_s": 900.0, "mem/peak_allocated_gb": 60.0, "time/generation_s": 20.0},
+            {"step": 3, "tokens_per_s": 1100.0, "mem/peak_allocated_gb": 70.0, "time/generation_s": 30.0},
+            {"step": 3, "train_runtime": 99.0}]                                  # end-of-training record: not a step
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = stage_metrics.main([str(path), "--gpus", "2", "--warmup", "1", "--out", str(tmp_path / "s.json")])
+    assert (out["steps_logged"], out["steps_measured"]) == (3, 2)
+    assert out["tokens_per_s"] == 1000.0 and out["tokens_per_s_per_gpu"] == 500.0
+    assert out["mem_peak_allocated_gb"] == 70.0 and out["time_generation_s"] == 25.0
+    assert json.loads((tmp_path / "s.json").read_text())["stage"] == path.parent.name
