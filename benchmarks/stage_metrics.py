@@ -24,7 +24,7 @@ from packing import markdown_table  # noqa: E402
 from posttrain.metrics import read_metrics  # noqa: E402
 
 KEYS = ("tokens_per_s", "mfu", "loss", "time/generation_s", "time/weight_sync_s", "time/train_s", "time/step_s",
-        "time/generation_frac", "sampling/kl_k3", "sampling/sampling_logp_difference/mean",
+        "time/generation_frac", "rollout/new_tokens_per_s", "sampling/kl_k3", "sampling/sampling_logp_difference/mean",
         "sampling/importance_sampling_ratio/mean", "completions/mean_length", "step_time",
         "mem/peak_allocated_gb", "mem/device_used_gb")
 

@@ -7,7 +7,7 @@ from trl import GRPOConfig
 
 from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
-from posttrain.stages.rl import ActiveGRPOTrainer, cat_batches, with_prefix
+from posttrain.stages.rl import ActiveGRPOTrainer, cat_batches, step_time_split, with_prefix
 
 G = 4
 
@@ -129,3 +129,23 @@ def test_save_once_has_one_writer_per_node(tmp_path):
     assert saves == [1]
     with pytest.raises(TimeoutError):
         save_once(model, tok, tmp_path / "never", 1, timeout_s=0.5)
+
+
+def test_rollout_rate_counts_every_generated_token_of_the_step(trainer, monkeypatch):
+    """New tokens are every completion token TRL's generation returned in the step, refill rounds
+    and dropped groups included, before any masking; the rate divides them by generation time."""
+    from trl import GRPOTrainer
+    tr, _ = trainer
+    seen, real = [], GRPOTrainer._generate
+
+    def spy(self, prompts):
+        out = real(self, prompts)
+        seen.append(sum(len(c) for c in out[1]))
+        return out
+    monkeypatch.setattr(GRPOTrainer, "_generate", spy)
+    tr._split = dict.fromkeys(tr._split, 0.0)
+    for _ in range(2):
+        tr._generate_and_score_completions([{}] * (2 * G))
+    assert len(seen) >= 2 and tr._split["new_tokens"] == sum(seen) > 0
+    split = step_time_split(step=tr._split["rollout"] + 1.0, **tr._split)
+    assert split["rollout/new_tokens_per_s"] == pytest.approx(sum(seen) / split["time/generation_s"])

@@ -76,18 +76,21 @@ def cat_batches(parts: list[dict]) -> dict:
     return out
 
 
-def step_time_split(rollout: float, sync: float, step: float) -> dict[str, float]:
+def step_time_split(rollout: float, sync: float, step: float, new_tokens: float = 0.0) -> dict[str, float]:
     """Seconds per part of one optimizer step. `step` is training_step's wall time, which holds the
     rollout rounds (TRL generates inside it); a rollout round holds the weight sync (done before
     generating), and generation here includes scoring and the trainer's old-logprob forward.
+    `new_tokens`: completion tokens generated in the step over all processes (dropped groups too),
+    so the rollout rate is a lower bound on the engine's (it is charged the whole rollout phase).
 
-    >>> d = step_time_split(rollout=7.0, sync=1.0, step=10.0)
-    >>> d["time/generation_s"], d["time/train_s"], d["time/generation_frac"]
-    (6.0, 3.0, 0.6)
+    >>> d = step_time_split(rollout=7.0, sync=1.0, step=10.0, new_tokens=600.0)
+    >>> d["time/generation_s"], d["time/train_s"], d["time/generation_frac"], d["rollout/new_tokens_per_s"]
+    (6.0, 3.0, 0.6, 100.0)
     """
-    total = max(step, rollout)
-    return {"time/generation_s": rollout - sync, "time/weight_sync_s": sync, "time/train_s": total - rollout,
-            "time/step_s": total, "time/generation_frac": (rollout - sync) / total if total else 0.0}
+    total, gen = max(step, rollout), rollout - sync
+    return {"time/generation_s": gen, "time/weight_sync_s": sync, "time/train_s": total - rollout,
+            "time/step_s": total, "time/generation_frac": gen / total if total else 0.0,
+            "rollout/new_tokens_per_s": new_tokens / gen if gen > 0 else 0.0}
 
 
 def rollout_gap(batch: dict) -> dict[str, float | None]:
@@ -134,7 +137,8 @@ class ActiveGRPOTrainer(GRPOTrainer):
         self._last_rewards: torch.Tensor | None = None
         # Step time split: rollout rounds (generation + scoring + old logprobs) and weight sync,
         # summed per optimizer step; the rest of TRL's step_time is training.
-        self._split = {"rollout": 0.0, "sync": 0.0}
+        self._split = {"rollout": 0.0, "sync": 0.0, "new_tokens": 0.0}
+        self._new_tokens = 0  # this process's completion tokens since the last gather
         if self.use_vllm:
             sync = self.vllm_generation.sync_weights
 
@@ -148,6 +152,12 @@ class ActiveGRPOTrainer(GRPOTrainer):
         r = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = r  # gathered over processes, [rows, reward funcs], NaN where a reward does not apply
         return r
+
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        if self.model.training:
+            self._new_tokens += sum(len(c) for c in out[1])  # completion_ids, before any masking
+        return out
 
     def _round(self, n_prompts: int) -> tuple[dict, list[bool]]:
         """Generate and score one batch of fresh prompts; record pass rates; say which groups carry signal."""
@@ -210,6 +220,9 @@ class ActiveGRPOTrainer(GRPOTrainer):
         for k, v in rollout_gap(batch).items():
             if v is not None:
                 m[k].append(v)
+        new = self.accelerator.gather(torch.tensor([self._new_tokens], device=self.accelerator.device)).sum()
+        self._split["new_tokens"] += float(new)
+        self._new_tokens = 0
         self._split["rollout"] += time.perf_counter() - t0
         return batch
 
