@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (.[dev])")
 
 
-def zero3_step(tmp_path, packed: bool, gpus: int = 0) -> dict:
+def zero3_step(tmp_path, packed: bool, gpus: int = 0, fused: bool = False) -> dict:
     out = tmp_path / "zero3.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
@@ -27,7 +27,7 @@ def zero3_step(tmp_path, packed: bool, gpus: int = 0) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(ROOT / "tests" / "dist" / "zero3_step.py"), str(out)] + (["--packed"] if packed else [])
+           str(ROOT / "tests" / "dist" / "zero3_step.py"), str(out)] + (["--packed"] if packed else []) + (["--fused"] if fused else [])
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           start_new_session=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -53,6 +53,7 @@ def test_zero3_step_matches_one_process_cpu(tmp_path, packed):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_zero3_step_matches_one_process_gpu(tmp_path, packed):
-    check(zero3_step(tmp_path, packed, gpus=2), tol=2e-2)  # fla kernels, tf32/bf16 paths
+@pytest.mark.parametrize("packed, fused", [(False, False), (True, False), (True, True)],
+                         ids=["padded", "packed", "packed-fused"])
+def test_zero3_step_matches_one_process_gpu(tmp_path, packed, fused):
+    check(zero3_step(tmp_path, packed, gpus=2, fused=fused), tol=2e-2)  # fla kernels, tf32/bf16 paths

@@ -1,7 +1,7 @@
 """One optimizer step of the hybrid under DeepSpeed ZeRO-3 on N processes vs one process without it.
 
 Launched by tests/test_zero3.py (CPU, gloo) and scripts/gpu_zero3.sh (GPUs, nccl):
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist/zero3_step.py OUT.json [--packed]
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist/zero3_step.py OUT.json [--packed] [--fused]
 Every rank trains on its half of one fixed batch; the loss is scaled so the ranks' averaged
 gradient is the full batch's. Rank 0 gathers the ZeRO-3 shards and compares each parameter with
 a plain single-process step on the full batch: it must have moved, and moved the same. SGD at
@@ -56,7 +56,7 @@ def token_loss_sum(model, b):
 
 
 def main():
-    out_path, packed = sys.argv[1], "--packed" in sys.argv
+    out_path, packed, fused = sys.argv[1], "--packed" in sys.argv, "--fused" in sys.argv
     cuda = torch.cuda.is_available()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -68,6 +68,9 @@ def main():
     if packed:
         from posttrain.model.packing import enable_exact_packing
         enable_exact_packing(model, allow_fallback=True)
+    if fused:  # model.fused_layers: ZeRO-3 must still gather the swapped modules' weights
+        from posttrain.model.fused import fuse_layers
+        fuse_layers(model)
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
     parts, n_tokens = batches(world, packed, len(tok))
     lr = 1.0  # SGD at lr 1: the update is the gradient, so the comparison is of gradients
@@ -106,7 +109,7 @@ def main():
                              "ref_moved": (ref[n] - init[n]).abs().max().item()}
     if rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"world": world, "packed": packed, "device": str(device), "params": report}, f, indent=1)
+            json.dump({"world": world, "packed": packed, "fused": fused, "device": str(device), "params": report}, f, indent=1)
     dist.barrier()
 
 
