@@ -4,7 +4,7 @@ The RL stage's own trainer (ActiveGRPOTrainer over TRL, settings from a GRPOStag
 `grpo_config`) with vLLM colocated in sleep mode, on a random ~1.4B Olmo Hybrid with the 7B's width
 ratios and a 100K vocabulary. A random model never stops, so every completion runs to
 max_completion_length (the worst case for generation) and truncated completions are kept in the
-loss; rewards are seeded coin flips so groups carry advantage and active sampling never refills.
+loss; rewards are coin flips keyed on the text (reward/coin.py) so groups carry advantage and active sampling never refills.
 Step 1 includes vLLM's first-generate autotune (~80 s) and is reported apart from the rest.
 
     PYTHONPATH=/tmp/site:. python benchmarks/grpo_step.py --steps 4 --out benchmarks/results/grpo_step.json
@@ -28,11 +28,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+from reward.coin import coin_flip  # noqa: E402
+
 SPLIT = ("time/generation_s", "time/weight_sync_s", "time/train_s", "time/step_s", "time/generation_frac")
-
-
-def coin_reward(completions, **kw):
-    return [float(random.Random(hash(str(c))).random() < 0.5) for c in completions]
 
 
 def main(argv=None) -> dict:
@@ -85,7 +83,7 @@ def main(argv=None) -> dict:
     args = grpo_config(st, work / "trainer", [1.0])
     metrics = MetricsWriter(work / "metrics.jsonl")
     trainer = ActiveGRPOTrainer(
-        model=model, args=args, reward_funcs=[coin_reward], train_dataset=Dataset.from_list(rows),
+        model=model, args=args, reward_funcs=[coin_flip], train_dataset=Dataset.from_list(rows),
         processing_class=tok, queue=PromptQueue(rows, seed=0), prompt_rows=rows, active=True, solve_threshold=1.0,
         callbacks=[ThroughputCallback(metrics, "rl", cfg, st.max_prompt_length + st.max_completion_length)])
     trainer.train()
