@@ -4,7 +4,8 @@ The RL stage's own trainer (ActiveGRPOTrainer over TRL, settings from a GRPOStag
 `grpo_config`) with vLLM colocated in sleep mode, on a random ~1.4B Olmo Hybrid with the 7B's width
 ratios and a 100K vocabulary. A random model never stops, so every completion runs to
 max_completion_length (the worst case for generation) and truncated completions are kept in the
-loss; rewards are coin flips keyed on the text (reward/coin.py) so groups carry advantage and active sampling never refills.
+loss; rewards are coin flips keyed on the text (reward/coin.py) so groups carry advantage and
+active sampling never refills.
 Step 1 includes vLLM's first-generate autotune (~80 s) and is reported apart from the rest.
 
     PYTHONPATH=/tmp/site:. python benchmarks/grpo_step.py --steps 4 --out benchmarks/results/grpo_step.json
