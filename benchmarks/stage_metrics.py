@@ -5,6 +5,11 @@ GRPO also logs its step's time split. The first `--warmup` logged steps carry ke
 and autotuning and are left out; the rest are averaged. Used by scripts/gpu_7b.sh:
 
     python benchmarks/stage_metrics.py RUN/sft/metrics.jsonl --gpus 2 --out benchmarks/results/7b_sft.json
+    python benchmarks/stage_metrics.py --run RUN --stage sft --gpus 2 --out benchmarks/results/7b_sft.json
+
+With --run/--stage a stage that was cut short (no RUN/STAGE yet) is read from its newest attempt
+folder, RUN/.work/STAGE-KEY/. With --out the metrics file is copied beside the JSON (OUT stem +
+_metrics.jsonl), so the per-step figures come back too.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -49,13 +55,29 @@ def summarize(records: list[dict], gpus: int, warmup: int = 2) -> dict:
     return out
 
 
+def find_metrics(run: Path, stage: str) -> Path:
+    """RUN/STAGE/metrics.jsonl of a finished stage, else the newest attempt's; one-line error if none."""
+    done = run / stage / "metrics.jsonl"
+    tries = sorted((run / ".work").glob(f"{stage}-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+    path = done if done.is_file() else (tries[-1] if tries else None)
+    if path is None:
+        raise SystemExit(f"{run}: no metrics.jsonl for stage {stage!r}: it logged no step")
+    return path
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("metrics", type=Path)
+    ap.add_argument("metrics", type=Path, nargs="?", help="a metrics.jsonl (or give --run and --stage)")
+    ap.add_argument("--run", type=Path, help="a run's output_dir")
+    ap.add_argument("--stage", help="the stage's name in that run")
     ap.add_argument("--gpus", type=int, required=True)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    if a.metrics is None:
+        if not (a.run and a.stage):
+            ap.error("give a metrics.jsonl, or --run and --stage")
+        a.metrics = find_metrics(a.run, a.stage)
     res = summarize(read_metrics(a.metrics), a.gpus, a.warmup)
     try:
         import torch
@@ -68,6 +90,7 @@ def main(argv=None) -> dict:
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=2))
+        shutil.copyfile(a.metrics, a.out.with_name(a.out.stem + "_metrics.jsonl"))
     return res
 
 

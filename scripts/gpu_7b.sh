@@ -23,8 +23,5 @@ timeout -k 15 "${STAGE_LIMIT_S:-0}" "${launch[@]}" -m posttrain run benchmarks/r
     output_dir="$run" "$@" > "$out/7b_$stage.log" 2>&1
 echo "exit $?"
 tail -c 6000 "$out/7b_$stage.log"
-m="$run/$stage/metrics.jsonl"  # a stage cut short left its log in its attempt folder
-[ -f "$m" ] || m=$(ls -t "$run"/.work/"$stage"-*/metrics.jsonl 2>/dev/null | head -1)
-[ -n "$m" ] || { echo "no metrics.jsonl under $run: the stage logged no step"; exit 1; }
-python3 benchmarks/stage_metrics.py "$m" --gpus "$n" --warmup "${WARMUP:-2}" --out "$out/7b_$stage.json"
-cp "$m" "$out/7b_${stage}_metrics.jsonl" 2>/dev/null
+python3 benchmarks/stage_metrics.py --run "$run" --stage "$stage" --gpus "$n" --warmup "${WARMUP:-2}" \
+    --out "$out/7b_$stage.json"

@@ -55,7 +55,4 @@ CUDA_VISIBLE_DEVICES=$train_gpus timeout -k 15 "$left" "${launch[@]}" \
     output_dir="$run" model.name="$ckpt" model.tokenizer="$ckpt" stages.rl.vllm_mode=server \
     stages.rl.vllm_server_base_url=http://127.0.0.1:8000 stages.rl.max_steps=5 > "$out/${n}x_rl.log" 2>&1
 echo "exit $?"; tail -c 6000 "$out/${n}x_rl.log"
-m="$run/rl/metrics.jsonl"; [ -f "$m" ] || m=$(ls -t "$run"/.work/rl-*/metrics.jsonl 2>/dev/null | head -1)
-[ -n "$m" ] || { echo "no metrics.jsonl under $run: the stage logged no step"; exit 1; }
-python3 benchmarks/stage_metrics.py "$m" --gpus $((n - half)) --warmup 1 --out "$out/${n}x_rl.json"
-cp "$m" "$out/${n}x_rl_metrics.jsonl" 2>/dev/null
+python3 benchmarks/stage_metrics.py --run "$run" --stage rl --gpus $((n - half)) --warmup 1 --out "$out/${n}x_rl.json"

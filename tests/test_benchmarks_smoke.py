@@ -60,3 +60,19 @@ def test_stage_metrics_drops_warmup_means_the_rest_and_takes_the_worst_memory(tm
     assert out["tokens_per_s"] == 1000.0 and out["tokens_per_s_per_gpu"] == 500.0
     assert out["mem_peak_allocated_gb"] == 70.0 and out["time_generation_s"] == 25.0
     assert json.loads((tmp_path / "s.json").read_text())["stage"] == path.parent.name
+
+
+def test_stage_metrics_finds_a_cut_stage_in_its_attempt_folder(tmp_path):
+    import json
+
+    import pytest
+    import stage_metrics
+    attempt = tmp_path / "run" / ".work" / "rl-abc"
+    attempt.mkdir(parents=True)
+    (attempt / "metrics.jsonl").write_text(json.dumps({"step": 1, "tokens_per_s": 5.0}) + "\n")
+    out = stage_metrics.main(["--run", str(tmp_path / "run"), "--stage", "rl", "--gpus", "1", "--warmup", "0",
+                              "--out", str(tmp_path / "o" / "2x_rl.json")])
+    assert out["tokens_per_s"] == 5.0 and out["stage"] == "rl-abc"
+    assert (tmp_path / "o" / "2x_rl_metrics.jsonl").is_file()  # the per-step log comes back beside the JSON
+    with pytest.raises(SystemExit, match="no metrics.jsonl for stage 'sft'"):
+        stage_metrics.find_metrics(tmp_path / "run", "sft")
