@@ -50,6 +50,40 @@ def strip_think(text: str) -> str:
     return text.strip()
 
 
+def after_think(text: str) -> str:
+    """open-instruct's `remove_thinking_section`: the text after the last `</think>`, `<answer>` tags
+    dropped. Unlike `strip_think`, an unclosed `<think>` keeps everything (a truncated Think
+    completion is scored on all it wrote, as open-instruct's IFEval verifier does).
+
+    >>> after_think("<think>plan</think> <answer>Hi</answer>"), after_think("<think>cut off")
+    ('Hi', '<think>cut off')
+    """
+    text = text.replace("<|assistant|>", "").strip().split(THINK_CLOSE)[-1]
+    return text.replace("<answer>", "").replace("</answer>", "").strip()
+
+
+def final_answer(text: str) -> str:
+    """open-instruct's `extract_final_answer` (what its LLM judge sees): `<answer>...</answer>`,
+    else the text after the first `</think>`, else the whole text.
+
+    >>> final_answer("<think>x</think> The sky is blue."), final_answer("plain")
+    ('The sky is blue.', 'plain')
+    """
+    m = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL) or re.search(r"</think>(.*)", text, re.DOTALL)
+    if m:
+        return m.group(1).strip()
+    cleaned = text.replace("<|assistant|>", "")
+    return cleaned.strip() if cleaned != text else text
+
+
+def raw_text(completion: Any, limit: int = MAX_CHARS) -> str | None:
+    """Readable, size-capped text of a completion with its think block kept (None if unreadable)."""
+    text = completion_text(completion)
+    if text is None:
+        return None
+    return text[-limit:] if len(text) > limit else text
+
+
 def answer_text(completion: Any, limit: int = MAX_CHARS) -> str | None:
     """Readable, think-stripped, size-capped text of a completion (None if unreadable)."""
     text = completion_text(completion)

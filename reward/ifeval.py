@@ -1,27 +1,42 @@
 """IFEval reward: does the completion follow the row's verifiable instructions?
 
-Constraints come as IFEval's `instruction_id_list` + `kwargs` columns, or as one
-`constraints` column holding (a JSON string of) `{"instruction_id_list": [...], "kwargs": [...]}`.
-Mode "all" gives 1.0 only if every instruction holds (IFEval's prompt-level accuracy, a
-sparse but unhackable signal); "partial" gives the fraction held (denser for small models).
-`loose=True` applies IFEval's loose variants (drop first/last line, drop `*`).
+Constraints come in any of these shapes:
+* Dolci / open-instruct (`ground_truth`, label `ifeval`): the string
+  `"[{'instruction_id': [...], 'kwargs': [...]}]"`, read with `ast.literal_eval` and its first
+  element taken (which may itself be JSON), exactly as open-instruct's `IFEvalVerifier`;
+* Google IFEval's `instruction_id_list` + `kwargs` columns;
+* one `constraints` column holding (a JSON string of) `{"instruction_id_list", "kwargs"}`.
+Instruction ids are open-instruct's IFEvalG registry: Google's 25 (`_ifeval_checks.py`) plus
+the 29 IFEvalG adds (`_ifevalg_checks.py`).
+
+Scoring follows open-instruct: the text after the last `</think>` (`_text.after_think`), and
+mode "partial" (the default) gives the fraction of instructions held; "all" gives 1.0 only if
+every one holds (IFEval's prompt-level accuracy). `loose=True` applies IFEval's loose variants.
 
 >>> ifeval_reward(["hello world"], instruction_id_list=[["punctuation:no_comma",
 ...     "change_case:english_lowercase"]], kwargs=[[{}, {}]])
 [1.0]
->>> ifeval_reward(["Hi, there"], constraints=['{"instruction_id_list": ["punctuation:no_comma",'
-...     ' "detectable_format:title"], "kwargs": [{}, {}]}'], mode="partial")
+>>> ifeval_reward(["<think>Plan, then write.</think>Hi, there"],
+...     ground_truth=["[{'instruction_id': ['punctuation:no_comma', 'detectable_format:title'], 'kwargs': [None, {}]}]"])
 [0.0]
+>>> ifeval_reward(["<think>Plan, then write.</think><<Hi>> there"],
+...     ground_truth=["[{'instruction_id': ['punctuation:no_comma', 'detectable_format:title'], 'kwargs': [None, {}]}]"])
+[1.0]
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from typing import Any
 
 from reward import metrics
-from reward._ifeval_checks import CHECKS
-from reward._text import answer_text, column
+from reward._ifeval_checks import CHECKS as GOOGLE_CHECKS
+from reward._ifevalg_checks import CHECKS as IFEVALG_CHECKS
+from reward._text import after_think, column, raw_text
+
+CHECKS = {**GOOGLE_CHECKS, **IFEVALG_CHECKS}
 
 
 def _loose_variants(text: str) -> list[str]:
@@ -30,9 +45,31 @@ def _loose_variants(text: str) -> list[str]:
     return base + [v.replace("*", "") for v in base]
 
 
-def parse_constraints(ids: Any, kwargs: Any, constraints: Any) -> list[tuple[str, dict]] | None:
+def parse_ground_truth(gt: Any) -> dict:
+    """open-instruct's reading of an IFEval ground truth: literal_eval, first element, maybe JSON."""
+    if isinstance(gt, str):
+        try:
+            gt = ast.literal_eval(gt)
+        except (ValueError, SyntaxError):
+            gt = json.loads(gt)  # a plain JSON object (true/null spelled the JSON way)
+    if isinstance(gt, (list, tuple)):
+        gt = gt[0]
+    if isinstance(gt, str):
+        gt = json.loads(gt)
+    if not isinstance(gt, dict):
+        raise ValueError("IFEval ground truth must hold a dict of instruction ids and kwargs")
+    return gt
+
+
+def parse_constraints(ids: Any, kwargs: Any, constraints: Any, ground_truth: Any = None) -> list[tuple[str, dict]] | None:
     """[(instruction_id, kwargs)] for a row, or None if the row carries no constraints."""
-    if constraints is not None:
+    if ground_truth is not None and ids is None and constraints is None:
+        gt = parse_ground_truth(ground_truth)
+        ids = gt.get("instruction_id", gt.get("instruction_id_list"))
+        if ids is not None and not ids:  # open-instruct: an empty list scores 0, not "no constraints"
+            return []
+        kwargs = gt.get("kwargs")
+    elif constraints is not None:
         if isinstance(constraints, str):
             constraints = json.loads(constraints)
         ids, kwargs = constraints.get("instruction_id_list"), constraints.get("kwargs")
@@ -56,18 +93,21 @@ def check(instruction_id: str, response: str, kw: dict, loose: bool = False) -> 
     try:
         variants = _loose_variants(response) if loose else [response]
         return any(v.strip() and fn(v, **kw) for v in variants)
-    except (TypeError, ValueError, KeyError):  # missing/ill-typed kwargs in the data
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, re.error):  # missing/ill-typed kwargs
         metrics.incr("ifeval/bad_kwargs")
         return False
 
 
 def score_one(completion: Any, constraints: list[tuple[str, dict]] | None,
-              mode: str = "all", loose: bool = False) -> float | None:
-    if not constraints:
+              mode: str = "partial", loose: bool = False) -> float | None:
+    if constraints is None:
         return None
-    text = answer_text(completion)
+    text = raw_text(completion)
     if text is None:
         metrics.incr("ifeval/bad_completion")
+        return 0.0
+    text = after_think(text)
+    if not constraints or not text:  # open-instruct: empty answer or empty instruction list -> 0
         return 0.0
     results = [check(i, text, kw, loose) for i, kw in constraints]
     results = [r for r in results if r is not None]
@@ -80,15 +120,17 @@ def score_one(completion: Any, constraints: list[tuple[str, dict]] | None,
 
 def ifeval_reward(completions: list[Any], instruction_id_list: list[Any] | None = None,
                   kwargs: list[Any] | None = None, constraints: list[Any] | None = None,
-                  mode: str = "all", loose: bool = False, **_: Any) -> list[float | None]:
+                  ground_truth: list[Any] | None = None, mode: str = "partial", loose: bool = False,
+                  **_: Any) -> list[float | None]:
     """TRL reward over IFEval-style constraint columns (see module docstring)."""
     n = len(completions)
-    cols = {"ids": instruction_id_list, "kw": kwargs, "c": constraints}
+    cols = {"ids": instruction_id_list, "kw": kwargs, "c": constraints, "gt": ground_truth}
     out: list[float | None] = []
-    for comp, ids, kw, cons in zip(completions, column(cols, "ids", n), column(cols, "kw", n), column(cols, "c", n)):
+    for comp, ids, kw, cons, gt in zip(completions, column(cols, "ids", n), column(cols, "kw", n),
+                                       column(cols, "c", n), column(cols, "gt", n)):
         try:
-            parsed = parse_constraints(ids, kw, cons)
-        except (ValueError, AttributeError, TypeError):
+            parsed = parse_constraints(ids, kw, cons, gt)
+        except (ValueError, AttributeError, TypeError, KeyError, IndexError, SyntaxError):
             metrics.incr("ifeval/bad_constraints")
             out.append(None)
             continue

@@ -19,13 +19,13 @@ _lock = threading.Lock()
 _counts: Counter[str] = Counter()
 
 
-def incr(key: str, n: int = 1) -> None:
+def incr(key: str, n: float = 1) -> None:
     # Rewards run from worker threads (code sandbox pool, judge pool): guard the Counter.
     with _lock:
         _counts[key] += n
 
 
-def snapshot(reset_after: bool = False) -> dict[str, int]:
+def snapshot(reset_after: bool = False) -> dict[str, float]:
     """Counts since the last reset, e.g. {"math/parse_fail": 3}."""
     with _lock:
         out = dict(sorted(_counts.items()))

@@ -56,8 +56,9 @@ def test_all_vs_partial_and_constraints_column():
     cons = {"instruction_id_list": ["punctuation:no_comma", "detectable_format:title", "keywords:existence"],
             "kwargs": [{}, {}, {"keywords": ["dog"]}]}
     text = ["<<T>> a dog, here"]
-    assert ifeval_reward(text, constraints=[cons]) == [0.0]
-    assert ifeval_reward(text, constraints=[json.dumps(cons)], mode="partial") == pytest.approx([2 / 3])
+    assert ifeval_reward(text, constraints=[cons], mode="all") == [0.0]
+    # open-instruct's default: the fraction of instructions held
+    assert ifeval_reward(text, constraints=[json.dumps(cons)]) == pytest.approx([2 / 3])
 
 
 def test_hf_union_schema_nones_are_dropped():
