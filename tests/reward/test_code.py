@@ -14,7 +14,7 @@ ECHO_SUM = "a, b = map(int, input().split())\nprint(a + b)"
     (f"Here:\n```python\n{ADD}```\nDone.", ADD),
     (f"```python\nx = 1\n```\nbetter:\n```py\n{ADD}```", ADD),
     (f"```\n{ADD}```", ADD),
-    ("```bash\nls\n```\n" + ADD, "```bash\nls\n```\n" + ADD),  # no python block: whole text
+    ("```bash\nls\n```\n" + ADD, "ls\n"),  # the last block, as open-instruct runs it (and fails)
     (ADD, ADD),
 ])
 def test_extract_code(text, want):
@@ -57,7 +57,8 @@ def test_chat_format_completion():
 
 
 @pytest.mark.parametrize("got,want,ok", [
-    ("3\n", "3", True), ("3  \n\n", "3\n", True), ("1\n2", "1\n2\n", True),
+    ("3\n", "3", True), ("3  \n\n", "3\n", True), ("1\n2", "1\n2\n", True), ("  3", "3", True),
+    ("0.50", "0.5", True), ("1 2 3", "1 2  3", True), ("1\n\n2", "1\n2", False),
     ("1 2", "1\n2", False), ("4", "3", False), (None, "3", False),
 ])
 def test_same_output(got, want, ok):
