@@ -4,14 +4,23 @@ Equivalence is math-verify's (fractions, LaTeX, intervals, sets, units), with a 
 plain integers because the tiny demo task (and GSM8K) only ever needs `int(a) == int(b)`
 and sympy costs ~ms per call.
 
-Strict mode takes only an explicit answer (`\\boxed{}`, "the answer is", "#### n") so a
-policy cannot score by ending on a lucky number; lenient mode also takes the last number.
+Strict mode takes only an explicit answer (`\\boxed{}`, "the answer is", "#### n") in the text
+after the think block, so a policy cannot score by ending on a lucky number; lenient mode also
+takes the last number. Mode "open_instruct" (the Dolci recipes') takes the candidates
+open-instruct's `MathVerifier` takes, from the whole completion, think block included: the last
+`\\boxed{}` and the Minerva "Final Answer: The final answer is X. I hope it is correct.", else
+the last `$...$`, else the whole answer; any candidate equal to the gold scores 1. Equality is
+math-verify's, which accepts every pair open-instruct's string normalisation accepts and more
+(e.g. `0.5` vs `\\frac{1}{2}`).
 
 >>> math_reward(["<think>2+2</think> The answer is 4.", r"\\boxed{\\frac{1}{2}}", "no idea"],
 ...             ground_truth=["4", "0.5", "3"])
 [1.0, 1.0, 0.0]
 >>> math_reward(["I get 7"], ground_truth=["7"]), math_reward(["I get 7"], ground_truth=["7"], mode="lenient")
 ([0.0], [1.0])
+>>> math_reward(["<think>so \\\\boxed{7}", "Final Answer: The final answer is $7$. I hope it is correct."],
+...             ground_truth=["7", "7"], mode="open_instruct")
+[1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import threading
 from typing import Any
 
 from reward import metrics
-from reward._text import answer_text, column
+from reward._text import answer_text, column, raw_text
 
 MAX_ANSWER_CHARS = 1_000  # longer "answers" are rambling, and sympy may hang on them
 
@@ -84,6 +93,27 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
     return None
 
 
+_MINERVA = re.compile(r"Final Answer: The final answer is(.*?). I hope it is correct.")
+
+
+def open_instruct_candidates(text: str) -> list[str]:
+    """Answer candidates as open-instruct's MathVerifier extracts them (see module docstring)."""
+    out = []
+    boxed = last_boxed(text)
+    if boxed:
+        out.append(boxed)
+    m = _MINERVA.search(text + "I hope it is correct.")
+    if m and m.group(1).strip():
+        out.append(m.group(1).strip().strip("$").strip())
+    if not out:
+        dollars = [m.start() for m in re.finditer(r"\$", text)]
+        if len(dollars) > 1:
+            out.append(text[dollars[-2] + 1: dollars[-1]].strip())
+    if not out:
+        out.append(text.strip())
+    return [c for c in out if c]
+
+
 def _as_int(s: str) -> int | None:
     s = s.replace(",", "").replace("$", "").strip().rstrip(".")
     return int(s) if _INT.fullmatch(s) else None
@@ -131,33 +161,38 @@ def score_one(completion: Any, gold: Any, mode: str = "strict", timeout_s: int =
     golds = normalize_gold(gold)
     if not golds:
         return None
-    text = answer_text(completion)
+    text = raw_text(completion) if mode == "open_instruct" else answer_text(completion)
     if text is None:
         metrics.incr("math/bad_completion")
         return 0.0
-    answer = extract_answer(text, mode)
-    if answer is None:
+    answers = open_instruct_candidates(text) if mode == "open_instruct" else [extract_answer(text, mode)]
+    answers = [a for a in answers if a is not None]
+    if not answers:
         metrics.incr("math/no_answer")
         return 0.0
-    if len(answer) > MAX_ANSWER_CHARS:
+    if all(len(a) > MAX_ANSWER_CHARS for a in answers):
         metrics.incr("math/answer_too_long")
         return 0.0
+    return float(any(_matches(a, golds, timeout_s) for a in answers if len(a) <= MAX_ANSWER_CHARS))
+
+
+def _matches(answer: str, golds: list[str], timeout_s: int) -> bool:
     for g in golds:
         a, b = _as_int(answer), _as_int(g)
         if a is not None and b is not None:
             if a == b:
-                return 1.0
+                return True
             continue  # both plain integers and different: no need for sympy
         try:
             if _verify(g, answer, timeout_s):
-                return 1.0
+                return True
         except Exception:  # sympy/latex2sympy raise on broken LaTeX in many ways
             metrics.incr("math/verify_error")
         except BaseException as exc:  # math-verify's TimeoutException is a BaseException
             if type(exc).__name__ != "TimeoutException":
                 raise
             metrics.incr("math/timeout")
-    return 0.0
+    return False
 
 
 def math_reward(completions: list[Any], ground_truth: list[Any] | None = None,
