@@ -6,7 +6,14 @@ backoff on connection errors, 429 and 5xx. Replies are cached by a hash of the r
 (in memory, optionally appended to a JSONL file) because GRPO re-scores identical
 completions often and judge calls are the slowest reward. Unparseable replies and failed
 requests score `fail_score` (None by default: the policy should not be punished for the
-judge's failure) and are counted in `reward.metrics`.
+judge's failure; open-instruct scores them 0) and are counted in `reward.metrics`.
+
+Dolci's judged rows (labels `general-quality`, `general-quality_ref`) use open-instruct's
+`LMJudgeVerifier` (open_instruct/judge_utils.py, ground_truth_utils.py): the template for the
+label's judge type (`template: auto`, the default, picks it from the row's label), the prompt
+as "role: content" lines, the completion's final answer (`_text.final_answer`), the row's
+`ground_truth` as the reference, and the reply's JSON "SCORE" (1-10) / 10, after dropping any
+`<think>` block of a reasoning judge. AI2's Olmo 3 runs judge with Qwen3-32B on vLLM.
 
 >>> parse_score("The answer is correct. Score: 7")
 0.7
@@ -29,7 +36,81 @@ from pathlib import Path
 from typing import Any
 
 from reward import metrics
-from reward._text import answer_text, column, completion_text
+from reward._text import answer_text, column, completion_text, final_answer, raw_text
+
+# open-instruct judge_utils.py templates ({input}: the prompt, {output}: the answer, {label}: the
+# reference) and the scale of their SCORE.
+_OI_TAIL = '\n\n[Your judgement]\nRespond in JSON format. {"REASONING": "[...]", "SCORE": "<your-score>"}'
+_OI_NOTES = (
+    "- Your evaluation should consider factors such as the helpfulness, relevance, accuracy, creativity, "
+    "appropriate level of detail, and how well the response satisfies the user's explicit constraints or "
+    "accurately follows their instructions.\n")
+OPEN_INSTRUCT_TEMPLATES: dict[str, tuple[str, float]] = {
+    "quality": ((
+        "\n### Task Description\nPlease act as an impartial judge and evaluate the quality of the response "
+        "provided by an\nAI assistant to the user query displayed below.\n\nNotes:\n" + _OI_NOTES +
+        "- If there is a system prompt, ensure the AI answer prioritizes following it.\n"
+        "- Begin your evaluation by providing a short explanation.\n"
+        "- Be as objective as possible. After providing your short explanation, please output a score on a "
+        "scale of 1 to 10.\n- Please adhere to the following format.\n\n[Conversation History]\n{input}\n\n"
+        "[AI Answer]\n{output}" + _OI_TAIL), 10.0),
+    "quality_ref": ((
+        "\n### Task Description\nPlease act as an impartial judge and evaluate the quality of the answer "
+        "provided by an\nAI assistant to the conversation history leading up to the answer displayed below.\n"
+        "Judge whether the provided answer is good by comparing it to the reference answer.\n\nNotes:\n"
+        "- Besides comparing to the reference answer, your evaluation should consider factors such as the "
+        "helpfulness, relevance, accuracy, creativity, appropriate level of detail, and how well the response "
+        "satisfies the user's explicit constraints or accurately follows their instructions.\n"
+        "- Note that sometimes the reference answer is not the only answer. So any valid variation of the "
+        "reference answer is also acceptable and can get a full score.\n"
+        "- If there is a system prompt, ensure the AI answer prioritizes following it.\n"
+        "- Begin your evaluation by providing a short explanation.\n"
+        "- Be as objective as possible. After providing your short explanation, please output a score on a "
+        "scale of 1 to 10.\n- Please adhere to the following format.\n\n[Conversation History]\n{input}\n\n"
+        "[AI Answer]\n{output}\n\n[Reference Gold Answer]\n{label}" + _OI_TAIL), 10.0),
+    "quality_rubric": ((
+        "\n### Task Description\nPlease act as an impartial judge and evaluate the quality of the response "
+        "provided by an\nAI assistant to the user query displayed below. You are shown the user query, "
+        "assistant response, and an evaluation criteria.\n\nNotes:\n"
+        "- Each response must be evaluated against these criteria independently.\n"
+        "- An overall score of 1 requires meeting all criteria.\n"
+        "- An overall score of 0 in any single category results in the output being classified as bad (0).\n"
+        "- Begin your evaluation by providing a short explanation.\n"
+        "- Be as objective as possible. After providing your explanation, please output the overall score of "
+        "0 or 1.\n\n\n### Evaluation Criteria\nUse the following criteria to evaluate the response:\n{label}\n\n"
+        "[Query]\n{input}\n\n[Response]\n{output}" + _OI_TAIL), 1.0),
+}
+
+
+def parse_json_score(text: Any, scale: float = 10.0) -> float | None:
+    """open-instruct's `extract_json_score_with_fallback` (think block dropped first) -> [0, 1].
+
+    >>> parse_json_score('<think>hm</think>```json\\n{"REASONING": "ok", "SCORE": "8"}\\n```')
+    0.8
+    >>> parse_json_score('{"REASONING": "bad "quotes"", "SCORE": 3}'), parse_json_score("no json") is None
+    (0.3, True)
+    """
+    if not isinstance(text, str):
+        return None
+    text = re.sub(r"<think>\s*.*?\s*</think>\s*", "", text, flags=re.DOTALL)
+    text = text.replace("<answer>", "").replace("</answer>", "").strip()
+    text = text.removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        data = json.loads(text.replace("\r\n", "\n").replace("\n", "\\n"))
+        score = float(data.get("SCORE", 0.0)) if isinstance(data, dict) else None
+    except (ValueError, TypeError):
+        m = re.search(r'"SCORE"\s*:\s*"?([0-9]+(?:\.[0-9]+)?)"?', text)
+        score = float(m.group(1)) if m else None
+    if score is None:
+        return None
+    return min(max(score / scale, 0.0), 1.0)
+
+
+def chat_lines(prompt: Any) -> str:
+    """open-instruct's raw query: every prompt message as "role: content", one per line."""
+    if isinstance(prompt, list):
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in prompt if isinstance(m, dict))
+    return completion_text(prompt) or ""
 
 DEFAULT_RUBRIC = (
     "You are grading a response to a user's request. Judge helpfulness, correctness and "
@@ -79,6 +160,9 @@ class JudgeConfig:
     cache_path: str | None = None
     fail_score: float | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"logit_bias": {...}}
+    template: str | None = "auto"
+    """open-instruct judge type (quality | quality_ref | quality_rubric) for every row; "auto": the
+    type named by the row's `general-<type>` label, `rubric` for rows without one; None: `rubric` always."""
 
 
 class JudgeError(RuntimeError):
@@ -161,29 +245,47 @@ class Judge:
                     f.write(json.dumps({"key": key, "text": text}) + "\n")
         return text
 
-    def score(self, prompt: Any, completion: Any, reference: Any = None) -> float | None:
+    def judge_type(self, label: Any) -> str | None:
+        t = self.config.template
+        if t == "auto":
+            t = label[len("general-"):] if isinstance(label, str) and label.lower().startswith("general-") else None
+        if t is not None and t not in OPEN_INSTRUCT_TEMPLATES:
+            raise ValueError(f"judge template {t!r}: known {', '.join(OPEN_INSTRUCT_TEMPLATES)}")
+        return t
+
+    def score(self, prompt: Any, completion: Any, reference: Any = None, label: Any = None) -> float | None:
         c = self.config
-        text = answer_text(completion)
+        kind = self.judge_type(label)
+        text = raw_text(completion) if kind else answer_text(completion)
         if text is None:
             metrics.incr("judge/bad_completion")
             return 0.0
-        content = render(c.rubric, _prompt_text(prompt), text, None if reference is None else str(reference), c.max_score)
+        if kind:
+            template, scale = OPEN_INSTRUCT_TEMPLATES[kind]
+            values = {"{input}": chat_lines(prompt), "{output}": final_answer(text),
+                      "{label}": "" if reference is None else str(reference)}
+            content = re.sub("|".join(map(re.escape, values)), lambda m: values[m.group(0)], template)
+        else:
+            content = render(c.rubric, _prompt_text(prompt), text, None if reference is None else str(reference),
+                             c.max_score)
         try:
             reply = self.reply(content)
         except JudgeError:
             metrics.incr("judge/request_fail")
             return c.fail_score
-        score = parse_score(reply, c.max_score)
+        score = parse_json_score(reply, scale) if kind else parse_score(reply, c.max_score)
         if score is None:
             metrics.incr("judge/parse_fail")
             return c.fail_score
         return score
 
     def __call__(self, completions: list[Any], prompts: list[Any] | None = None,
-                 reference: list[Any] | None = None, **_: Any) -> list[float | None]:
+                 reference: list[Any] | None = None, verifier: list[Any] | None = None,
+                 **_: Any) -> list[float | None]:
         n = len(completions)
-        cols = {"p": prompts, "r": reference}
-        return list(self._pool.map(self.score, column(cols, "p", n), completions, column(cols, "r", n)))
+        cols = {"p": prompts, "r": reference, "v": verifier}
+        return list(self._pool.map(self.score, column(cols, "p", n), completions, column(cols, "r", n),
+                                   column(cols, "v", n)))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -203,11 +305,16 @@ def get_judge(**config: Any) -> Judge:
 
 
 def judge_reward(completions: list[Any], prompts: list[Any] | None = None, reference: list[Any] | None = None,
+                 ground_truth: list[Any] | None = None, verifier: list[Any] | None = None,
                  *, base_url: str, model: str, **config: Any) -> list[float | None]:
     """TRL reward: score each completion with the judge at `base_url` (see JudgeConfig for options).
 
+    The reference is the `reference` column, else `ground_truth` (open-instruct's label).
     Config keys are separated from dataset columns by name: anything JudgeConfig knows is
     config, the rest (TRL's columns) is ignored.
     """
     known = {k: v for k, v in config.items() if k in JudgeConfig.__dataclass_fields__}
-    return get_judge(base_url=base_url, model=model, **known)(completions, prompts, reference)
+    n = len(completions)
+    refs = [r if r is not None else g for r, g in zip(column({"r": reference}, "r", n),
+                                                      column({"g": ground_truth}, "g", n))]
+    return get_judge(base_url=base_url, model=model, **known)(completions, prompts, refs, verifier)
