@@ -115,9 +115,30 @@ def cmd_mix(args) -> int:
     tokens = count_tokens(m.rows, tok)
     print(f"rows {len(m.rows)}, tokens {tokens:,} ({args.tokenizer} tokenizer), dedup removed "
           f"{m.manifest['dedup_removed']}, sha256 {m.manifest['sha256']}")
+    report = None
+    if m.format == "prompt":
+        report = _label_report(m.rows, args.rewards)
     if args.json:
-        print(json.dumps({**m.manifest, "tokens": tokens}, indent=2))
+        print(json.dumps({**m.manifest, "tokens": tokens, **({"verifier_labels": report} if report else {})}, indent=2))
     return 0
+
+
+def _label_report(rows: list[dict], recipe_ref: str | None) -> list[dict]:
+    """Print and return, per verifier label, its rows and the rewards that score it (reward.health)."""
+    from reward.health import format_report, label_report
+    specs = [{"name": n} for n in ("math", "ifeval", "code", "judge")]
+    where = "posttrain's default routes"
+    if recipe_ref:
+        from posttrain.recipe import GRPOStage, load_recipe
+        recipe = load_recipe(recipe_ref, [], {})
+        grpo = [(n, st) for n, st in recipe.stages.items() if isinstance(st, GRPOStage)]
+        if not grpo:
+            raise SystemExit(f"posttrain: --rewards {recipe_ref}: the recipe has no grpo stage")
+        specs, where = grpo[0][1].rewards, f"{recipe_ref} stage {grpo[0][0]}"
+    report = label_report(rows, specs)
+    print(f"\nverifier labels -> rewards ({where})")
+    print(_table(format_report(report), ["label", "rows", "scored by"]))
+    return report
 
 
 def cmd_doctor(args) -> int:
@@ -167,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--tokenizer", default="tiny", help="tokenizer for token counts (tiny, hub id or dir)")
     m.add_argument("--chat-template", default="olmo-instruct")
     m.add_argument("--json", action="store_true", help="also print the manifest as JSON")
+    m.add_argument("--rewards", metavar="RECIPE", help="report which of this recipe's RL rewards score each "
+                   "verifier label (default: posttrain's default routes)")
     m.set_defaults(fn=cmd_mix)
     d = sub.add_parser("doctor", help="GPU, fla/triton/tilelang, deepspeed, vllm: what would run")
     d.set_defaults(fn=cmd_doctor)
@@ -209,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.pipeline import PipelineError
     from posttrain.recipe import RecipeError
     from posttrain.report import ReportError
+    from reward.health import RewardHealthError
     try:
         return args.fn(args)
-    except (RecipeError, MixError, PipelineError, ExportError, ReportError) as e:
+    except (RecipeError, MixError, PipelineError, ExportError, ReportError, RewardHealthError) as e:
         print(f"posttrain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -146,6 +146,8 @@ class GRPOStage(StageBase):
     solve_threshold: float = 1.0
     """A rollout counts as solving its prompt when its weighted reward is at least this."""
     rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "math", "weight": 1.0}])
+    reward_crash_limit: float = 0.05
+    """Stop the stage when a reward crashes on more than this fraction of its rows in a logging step."""
     engine: str = "hf"
     """Rollout engine: hf (transformers generate) | vllm."""
     vllm_mode: str = "colocate"
@@ -317,6 +319,8 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.engine: must be hf or vllm, got {st.engine!r}")
         if isinstance(st, GRPOStage) and st.vllm_mode not in ("colocate", "server"):
             raise RecipeError(f"{where}.vllm_mode: must be colocate or server, got {st.vllm_mode!r}")
+        if isinstance(st, GRPOStage) and not 0 <= st.reward_crash_limit <= 1:
+            raise RecipeError(f"{where}.reward_crash_limit: must be a fraction in [0, 1], got {st.reward_crash_limit}")
         if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
             raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
     for i, ex in enumerate(r.cfg.exports):

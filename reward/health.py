@@ -79,14 +79,23 @@ def _labels(row: dict[str, Any]) -> list[str | None]:
     return [None if v is None else str(v)]
 
 
-def label_report(rows: Iterable[dict[str, Any]], funcs: list[Any]) -> list[dict[str, Any]]:
-    """Per verifier label: rows carrying it and the rewards (by log name) that score it.
+def label_report(rows: Iterable[dict[str, Any]], specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per verifier label: rows carrying it and the rewards (by log name) of `specs` that score it.
 
-    `funcs` are `build_reward_fn`'s wrapped rewards (they carry `.routes` and `.base`); only
-    content rewards are listed. A row without a label lists the content rewards it would reach
-    if it has an answer column, else none.
+    Only content rewards are listed. A row without a label lists the content rewards it would
+    reach if it has an answer column (the judge needs none), else none.
+
+    >>> label_report([{"verifier": ["math"]}, {"verifier": ["code_stdio"]}, {"verifier": "math"}],
+    ...              [{"name": "math"}, {"name": "format_think"}])
+    [{'label': 'code_stdio', 'rows': 1, 'rewards': []}, {'label': 'math', 'rows': 2, 'rewards': ['math']}]
     """
-    content = [f for f in funcs if getattr(f, "base", f.__name__) not in FORMAT_REWARDS]
+    from reward.registry import parse_spec
+
+    content = []
+    for spec in specs:
+        name, alias, routes, _, _ = parse_spec(spec)
+        if name not in FORMAT_REWARDS:
+            content.append((alias, name, routes))
     counts: Counter = Counter()
     answerless: Counter = Counter()
     for row in rows:
@@ -97,9 +106,9 @@ def label_report(rows: Iterable[dict[str, Any]], funcs: list[Any]) -> list[dict[
     report = []
     for lab, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, str(kv[0]))):
         if lab is None:
-            takers = [f.__name__ for f in content if getattr(f, "base", "") == "judge" or answerless[None] < n]
+            takers = [a for a, name, _ in content if name == "judge" or answerless[None] < n]
         else:
-            takers = [f.__name__ for f in content if f.routes is None or lab.lower() in f.routes]
+            takers = [a for a, _, routes in content if routes is None or lab.lower() in routes]
         report.append({"label": lab if lab is not None else "(none)", "rows": n, "rewards": takers})
     return report
 

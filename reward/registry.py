@@ -157,6 +157,24 @@ def route(fn: RewardFn, routes: set[str] | None, kwargs: dict[str, Any], name: s
 _CRASH = object()
 
 
+def parse_spec(spec: dict[str, Any]) -> tuple[str, str, set[str] | None, float, dict[str, Any]]:
+    """One recipe reward spec -> (name, alias, routes or None for every row, weight, remaining kwargs)."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REWARDS))}")
+    weight = float(spec.pop("weight", 1.0))
+    alias = spec.pop("alias", name)
+    routes = spec.pop("verifier") if "verifier" in spec else DEFAULT_ROUTES[name]
+    if routes == "*":
+        routes = None
+    elif isinstance(routes, str):
+        routes = {routes}
+    if routes is not None:
+        routes = {str(r).lower() for r in routes}
+    return name, alias, routes, weight, spec
+
+
 def build_reward_fn(specs: list[dict[str, Any]]) -> tuple[list[RewardFn], list[float]]:
     """[{"name", "weight", "alias"?, "verifier"?, **kwargs}] -> (reward_funcs, reward_weights).
 
@@ -165,19 +183,7 @@ def build_reward_fn(specs: list[dict[str, Any]]) -> tuple[list[RewardFn], list[f
     """
     funcs, weights = [], []
     for spec in specs:
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        if name not in REWARDS:
-            raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REWARDS))}")
-        weight = float(spec.pop("weight", 1.0))
-        alias = spec.pop("alias", name)
-        routes = spec.pop("verifier") if "verifier" in spec else DEFAULT_ROUTES[name]
-        if routes == "*":
-            routes = None
-        elif isinstance(routes, str):
-            routes = {routes}
-        elif routes is not None:
-            routes = set(routes)
+        name, alias, routes, weight, spec = parse_spec(spec)
         # Fail at recipe load, not mid-training, when a reward lacks its configuration.
         required = [p.name for p in inspect.signature(REWARDS[name]).parameters.values()
                     if p.kind is p.KEYWORD_ONLY and p.default is p.empty]

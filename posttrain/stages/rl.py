@@ -31,6 +31,7 @@ from posttrain.metrics import ThroughputCallback
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
 from posttrain.launch import local_rank, rank, world_size
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args
+from reward.health import check_crashes
 
 log = logging.getLogger("posttrain")
 
@@ -130,9 +131,10 @@ def select_rows(batch: dict, idx: torch.Tensor) -> dict:
 
 class ActiveGRPOTrainer(GRPOTrainer):
     def __init__(self, *a, queue: PromptQueue, prompt_rows: list[dict], active: bool, solve_threshold: float,
-                 max_refills: int = 8, **kw):
+                 max_refills: int = 8, reward_crash_limit: float = 1.0, **kw):
         super().__init__(*a, **kw)
         self.queue, self.prompt_rows, self.active = queue, prompt_rows, active
+        self.reward_crash_limit = reward_crash_limit
         self.solve_threshold, self.max_refills = solve_threshold, max_refills
         self._last_rewards: torch.Tensor | None = None
         # Step time split: rollout rounds (generation + scoring + old logprobs) and weight sync,
@@ -152,6 +154,15 @@ class ActiveGRPOTrainer(GRPOTrainer):
         r = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = r  # gathered over processes, [rows, reward funcs], NaN where a reward does not apply
         return r
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        """Adds reward health (rows scored / None / crashed and mean per reward, summed over ranks) to
+        every training log, so metrics.jsonl and the progress line carry it; stops on a crash storm."""
+        if self.model.training:
+            health = reward_health(self.reward_func_names, self.accelerator)
+            logs.update(health)
+            check_crashes(health, self.reward_crash_limit)
+        super().log(logs, start_time)
 
     def _generate(self, prompts):
         out = super()._generate(prompts)
@@ -245,6 +256,21 @@ class ActiveGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
 
 
+def reward_health(names: list[str], accelerator) -> dict:
+    """reward.health's log entries since the last log, the per-reward counts summed over processes."""
+    from reward import metrics
+    from reward.health import health_logs, take_health_logs
+    logs = take_health_logs() if accelerator.num_processes == 1 else None
+    if logs is None:
+        counts = metrics.snapshot(reset_after=True)
+        keys = [f"{n}/{k}" for n in names for k in ("scored", "none", "crashed", "score_sum")]
+        t = accelerator.reduce(torch.tensor([float(counts.get(k, 0)) for k in keys], device=accelerator.device),
+                               reduction="sum")
+        counts.update(zip(keys, t.tolist()))
+        logs = health_logs(counts)
+    return logs
+
+
 def build_rewards(specs: list[dict], prefix: str):
     from reward import build_reward_fn
     funcs, weights = build_reward_fn([dict(s) for s in specs])
@@ -320,6 +346,9 @@ def run(ctx: StageContext) -> dict:
     st = ctx.stage
     if ctx.mix.format != "prompt":
         raise ValueError(f"{ctx.mix.manifest['mix']}: GRPO needs prompt rows with ground_truth, got {ctx.mix.format!r}")
+    from reward.health import check_coverage, label_report
+    # Before any model loads: rows no reward can score would spend full rollouts on nothing.
+    check_coverage(label_report(ctx.mix.rows, st.rewards), f"{ctx.name} ({ctx.mix.manifest['mix']})")
     # setup
     model, tok = load_stage_model(ctx)
     if st.engine == "vllm" and st.vllm_mode == "colocate":  # a server has its own model and plugin
@@ -348,7 +377,7 @@ def run(ctx: StageContext) -> dict:
     trainer = ActiveGRPOTrainer(
         model=model, args=args, reward_funcs=funcs, train_dataset=Dataset.from_list(rows), processing_class=tok,
         queue=queue, prompt_rows=rows, active=st.active_sampling, solve_threshold=st.solve_threshold,
-        callbacks=[tput])
+        reward_crash_limit=st.reward_crash_limit, callbacks=[tput])
     log.info("%s: %d prompts, %d prompts x %d rollouts per step, engine %s, lr %g", ctx.name, len(rows),
              st.prompts_per_step, st.rollouts_per_prompt, st.engine, st.learning_rate)
     # train
