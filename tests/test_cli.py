@@ -48,3 +48,18 @@ def test_doctor_reports_kernels(capsys):
     text = capsys.readouterr().out
     assert "torch" in text and "gdn" in text and "vllm" in text
     assert re.search(r"fused_layers\s+unavailable", text)  # CPU: the fused norm/MLP kernels need CUDA
+
+
+def test_mix_reports_verifier_labels_and_their_rewards(tmp_path, capsys, monkeypatch):
+    import json
+    monkeypatch.chdir(ROOT)
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "ground_truth": ["4"], "dataset": [lab]}
+            for i, lab in enumerate(["math", "math", "code_stdio"])]
+    (tmp_path / "rl.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "mix.yaml").write_text(f"name: m\nsources:\n  - path: {tmp_path}/rl.jsonl\n"
+                                       "    columns: {dataset: verifier}\n")
+    assert main(["mix", str(tmp_path / "mix.yaml"), "--rewards", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"math\s+\|?\s*2\s+\|?\s*math", out) and re.search(r"code_stdio\s+\|?\s*1\s+\|?\s*NONE", out)
+    assert main(["mix", str(tmp_path / "mix.yaml")]) == 0  # default routes: code takes code_stdio
+    assert re.search(r"code_stdio\s+\|?\s*1\s+\|?\s*code", capsys.readouterr().out)

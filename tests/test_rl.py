@@ -149,3 +149,44 @@ def test_rollout_rate_counts_every_generated_token_of_the_step(trainer, monkeypa
     assert len(seen) >= 2 and tr._split["new_tokens"] == sum(seen) > 0
     split = step_time_split(step=tr._split["rollout"] + 1.0, **tr._split)
     assert split["rollout/new_tokens_per_s"] == pytest.approx(sum(seen) / split["time/generation_s"])
+
+
+def test_reward_health_reaches_the_log_and_a_crash_storm_stops(trainer):
+    from reward import build_reward_fn, metrics
+    from reward.health import RewardHealthError
+    from reward.registry import route
+    tr, _ = trainer
+    metrics.reset()
+    math = build_reward_fn([{"name": "math"}])[0][0]
+    math(["The answer is 4", "The answer is 5", "no"], ground_truth=["4", "4", None], verifier=["math"] * 3)
+    tr.log({"loss": 1.0})
+    last = tr.state.log_history[-1]
+    assert (last["reward_health/math/scored"], last["reward_health/math/none"], last["reward_health/math/crashed"],
+            last["reward_health/math/mean"]) == (2, 1, 0, 0.5)
+    route(lambda c, **_: 1 / 0, None, {}, "broken")(["a", "b"])
+    tr.reward_crash_limit = 0.5
+    try:
+        with pytest.raises(RewardHealthError, match="'broken' crashed on 2 of 2 rows"):
+            tr.log({"loss": 1.0})
+    finally:
+        tr.reward_crash_limit = 1.0
+
+
+def test_rows_no_reward_scores_stop_the_stage_before_the_model_loads(monkeypatch):
+    from types import SimpleNamespace
+
+    from posttrain.recipe import GRPOStage
+    from posttrain.stages import rl
+    from reward.health import RewardHealthError
+
+    def no_model(ctx):
+        raise AssertionError("model loaded")
+    monkeypatch.setattr(rl, "load_stage_model", no_model)
+    rows = [{"prompt": [{"role": "user", "content": "q"}], "ground_truth": ["x"], "verifier": ["code_stdio"]}]
+    ctx = SimpleNamespace(stage=GRPOStage(rewards=[{"name": "math"}, {"name": "format_think"}]), name="rl",
+                          mix=SimpleNamespace(format="prompt", rows=rows, manifest={"mix": "m.yaml"}))
+    with pytest.raises(RewardHealthError, match=r"rl \(m.yaml\): no reward .* code_stdio \(1 rows\)"):
+        rl.run(ctx)
+    ctx.stage = GRPOStage(rewards=[{"name": "code"}])
+    with pytest.raises(AssertionError, match="model loaded"):
+        rl.run(ctx)

@@ -88,3 +88,54 @@ def test_unknown_and_bad_kwargs_are_counted():
 
 def test_sentence_split_keeps_abbreviations():
     assert len(sentences("Dr. Smith arrived. He sat down! Did he? Yes.")) == 4
+
+
+# IFEvalG's ids (open_instruct/IFEvalG/instructions.py), pass and fail each, kwargs as its build_description takes them
+P = "Write a haiku about the sea."
+G_CASES = [
+    ("copy:repeat_phrase", {"phrase": "the sun is bright", "small_n": 2},
+     "the moon is bright and the sky is bright", "the sun is bright and the sun is bright"),
+    ("copy:copy", {"prompt_to_repeat": P}, "write a haiku about the sea.", P + " Waves."),
+    ("new:copy_span_idx", {"prompt_to_repeat": P, "n_start": 0, "n_end": 7}, "Write a", "Write"),
+    ("detectable_format:sentence_hyphens", {}, "I ran.-You sat.", "I ran. - You sat."),
+    ("keywords:no_adjacent_consecutive", {}, "apple cat egg", "apple banana"),
+    ("detectable_format:square_brackets", {}, "[hello] [world]", "[hello] world"),
+    ("keywords:word_once", {"keyword": "sea"}, "the sea is blue", "sea and sea"),
+    ("keywords:word_count_different_numbers", {"keyword": "sea", "frequency": 2, "relation": "at least"},
+     "sea sea", "one sea"),
+    ("keywords:exclude_word_harder", {"keyword": "blue"}, "the sea is green", "the sea is blue today"),
+    ("paragraphs:paragraphs", {}, "one\n***\ntwo", "one\n***\ntwo\n***\nthree"),
+    ("paragraphs:paragraphs2", {}, "one\n\ntwo", "one\n\ntwo\n\nthree"),
+    ("first_word:first_word_sent", {"first_word": "so"}, "So I ran. So did you.", "So I ran. Then you did."),
+    ("first_word:first_word_answer", {"first_word": "yes"}, "Yes indeed", "Indeed yes"),
+    ("last_word:last_word_sent", {"last_word": "now"}, "Go now. Stop now!", "Go now. Stop it."),
+    ("last_word:last_word_answer", {"last_word": "end"}, "This is the end.", "The end is here"),
+    ("detectable_format:bigram_wrapping", {}, "<<the sea>> <<is blue>>", "<<the sea>> is blue"),
+    ("copy:copying_simple", {"prompt_to_repeat": P}, P, "A haiku."),
+    ("copy:copying_multiple", {"prompt_to_repeat": P, "N": 2}, f"{P}\n******\n{P}", P),
+    ("punctuation:punctuation_dot", {}, "No dots here!", "A dot."),
+    ("punctuation:punctuation_exclamation", {}, "Calm.", "Loud!"),
+    ("count:lowercase_counting", {"N": 2}, "ONE two THREE", "one two three"),
+    ("letters:letter_counting", {"N": 5, "relation": "less than"}, "abcd", "abcdef"),
+    ("letters:letter_counting2", {"letter": "e", "let_frequency": 2, "let_relation": "at least"}, "bee", "bat"),
+    ("count:counting_composition", {"n_sent": 1, "n_words": 2},
+     "I ran\n***\nYou sat\n***\nWe won", "I ran\n***\nYou sat"),
+    ("count:count_unique", {}, "every word differs", "the word the"),
+    ("count:count_increment_word", {"keyword1": "sea", "keyword2": "sky"}, "sea sky sky", "sea sky"),
+    ("keywords:palindrome", {}, "a racecar went by", "no such thing here"),
+    ("keywords:keyword_specific_position", {"keyword": "sea", "n": 2, "m": 3},
+     "Hello there. I love sea air.", "Hello there. The sea is nice."),
+    ("keywords:start_end", {}, "Sea and sky and sea", "Sea and sky"),
+]
+
+
+def test_every_ifevalg_id_has_cases():
+    from reward._ifevalg_checks import CHECKS as G
+    from reward.ifeval import CHECKS as ALL
+    assert {c[0] for c in G_CASES} == set(G) and len(ALL) == 54  # IFEvalG's registry size
+
+
+@pytest.mark.parametrize("iid,kw,good,bad", G_CASES, ids=[c[0] for c in G_CASES])
+def test_ifevalg_pass_and_fail(iid, kw, good, bad):
+    gt = str([{"instruction_id": [iid], "kwargs": [kw]}])
+    assert ifeval_reward([f"<think>plan it, really.</think>{good}", bad], ground_truth=[gt, gt]) == [1.0, 0.0]
