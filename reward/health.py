@@ -23,8 +23,9 @@ from typing import Any, Iterable
 
 from reward import metrics
 
-# Rewards that judge shape or are noise: they never count as scoring a row's content.
-FORMAT_REWARDS = {"format_think", "format_instruct", "format_length", "coin_flip"}
+# Rewards that judge shape: they never count as scoring a row's content. (coin_flip, the random
+# reward of throughput runs on random models, counts: it is all those runs want.)
+FORMAT_REWARDS = {"format_think", "format_instruct", "format_length"}
 # Columns some content reward reads an answer from when a row has no verifier label.
 ANSWER_COLUMNS = ("ground_truth", "tests", "instruction_id_list", "constraints", "reference")
 _KINDS = ("scored", "none", "crashed")
@@ -106,7 +107,7 @@ def label_report(rows: Iterable[dict[str, Any]], specs: list[dict[str, Any]]) ->
     report = []
     for lab, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, str(kv[0]))):
         if lab is None:
-            takers = [a for a, name, _ in content if name == "judge" or answerless[None] < n]
+            takers = [a for a, name, _ in content if name in ("judge", "coin_flip") or answerless[None] < n]
         else:
             takers = [a for a, _, routes in content if routes is None or lab.lower() in routes]
         report.append({"label": lab if lab is not None else "(none)", "rows": n, "rewards": takers})
