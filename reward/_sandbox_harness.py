@@ -150,8 +150,8 @@ def run_stdio(cfg):
         try:
             _timed(lambda: exec(program, {"__name__": "__main__"}), cfg["case_s"])
             ok = True
-        except SystemExit as exc:
-            ok = exc.code in (None, 0)
+        except SystemExit:  # any exit status: open-instruct's grade_stdio grades the output regardless
+            ok = True
         except BaseException as exc:
             ok, error = False, error or _describe(exc)
         outputs.append(out.getvalue()[: cfg["max_output"]].decode("utf-8", "replace") if ok else None)

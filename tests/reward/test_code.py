@@ -79,3 +79,8 @@ def test_reward_modules_do_not_shadow_stdlib_in_the_sandbox():
     # reward/math.py and reward/code.py sit next to the harness; -I must keep them off sys.path.
     code = "import math, code\nroot = math.sqrt(4)"
     assert code_reward([code], tests=[["assert root == 2.0", "assert hasattr(code, 'interact')"]]) == [1.0]
+
+
+def test_stdio_output_counts_whatever_the_exit_status():
+    # open-instruct's testing_util.call_method swallows SystemExit and grades what was printed
+    assert code_reward(["print(int(input()) * 2)\nraise SystemExit(3)"], tests=[[{"input": "2", "output": "4"}]]) == [1.0]
