@@ -60,16 +60,26 @@ def _language(text: str) -> str | None:
         return None
 
 
+def _pattern(word: str) -> str:
+    # IFEval passes keywords to `re` unescaped (a keyword is a pattern there); one that does not
+    # compile would crash it, here it is matched literally.
+    try:
+        re.compile(word)
+        return word
+    except re.error:
+        return re.escape(word)
+
+
 def keyword_existence(r, keywords, **_):
-    return all(re.search(re.escape(k), r, re.IGNORECASE) for k in keywords)
+    return all(re.search(_pattern(k.strip()), r, re.IGNORECASE) for k in keywords)
 
 
 def keyword_frequency(r, keyword, frequency, relation, **_):
-    return _compare(len(re.findall(re.escape(keyword), r, re.IGNORECASE)), frequency, relation)
+    return _compare(len(re.findall(_pattern(keyword.strip()), r, re.IGNORECASE)), frequency, relation)
 
 
 def forbidden_words(r, forbidden_words, **_):
-    return not any(re.search(r"\b" + re.escape(w) + r"\b", r, re.IGNORECASE) for w in forbidden_words)
+    return not any(re.search(r"\b" + _pattern(w) + r"\b", r, re.IGNORECASE) for w in forbidden_words)
 
 
 def letter_frequency(r, letter, let_frequency, let_relation, **_):
@@ -77,7 +87,7 @@ def letter_frequency(r, letter, let_frequency, let_relation, **_):
 
 
 def response_language(r, language, **_):
-    return _language(r) == language
+    return _language(r) in (language, None)  # IFEval: undetectable text passes
 
 
 def number_sentences(r, num_sentences, relation, **_):
@@ -94,12 +104,15 @@ def number_words(r, num_words, relation, **_):
 
 
 def nth_paragraph_first_word(r, num_paragraphs, nth_paragraph, first_word, **_):
-    paras = _split_paragraphs(re.split(r"\n\n", r))
-    if paras is None or len(paras) != int(num_paragraphs) or int(nth_paragraph) > len(paras):
+    # IFEval counts non-empty paragraphs but indexes the raw split (an empty one in the middle shifts it).
+    paras = re.split(r"\n\n", r)
+    count = sum(1 for p in paras if p.strip())
+    nth = int(nth_paragraph)
+    if nth > count or not paras[nth - 1].strip():
         return False
-    head = paras[int(nth_paragraph) - 1].split()[0].lstrip("'\"")
+    head = paras[nth - 1].strip().split()[0].lstrip("'").lstrip('"')
     head = re.split(r"[.,?!'\"]", head)[0].lower()
-    return head == first_word.lower()
+    return count == int(num_paragraphs) and head == first_word.lower()
 
 
 def number_placeholders(r, num_placeholders, **_):
@@ -177,11 +190,11 @@ def capital_word_frequency(r, capital_frequency, capital_relation, **_):
 
 
 def english_capital(r, **_):
-    return r.isupper() and _language(r) == "en"
+    return r.isupper() and _language(r) in ("en", None)  # IFEval: undetectable text passes
 
 
 def english_lowercase(r, **_):
-    return r.islower() and _language(r) == "en"
+    return r.islower() and _language(r) in ("en", None)
 
 
 def no_comma(r, **_):
