@@ -11,7 +11,10 @@ open-instruct's `MathVerifier` takes, from the whole completion, think block inc
 `\\boxed{}` and the Minerva "Final Answer: The final answer is X. I hope it is correct.", else
 the last `$...$`, else the whole answer; any candidate equal to the gold scores 1. Equality is
 math-verify's, which accepts every pair open-instruct's string normalisation accepts and more
-(e.g. `0.5` vs `\\frac{1}{2}`).
+(e.g. `0.5` vs `\\frac{1}{2}`). Strict mode (the default, the tiny demo's) differs from
+open-instruct on purpose: it reads only the text after `</think>`, so an answer written only
+inside the reasoning (or a completion cut off mid-thought) scores 0 there; use
+`mode: open_instruct` to score rows as open-instruct does.
 
 >>> math_reward(["<think>2+2</think> The answer is 4.", r"\\boxed{\\frac{1}{2}}", "no idea"],
 ...             ground_truth=["4", "0.5", "3"])
