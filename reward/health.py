@@ -2,13 +2,13 @@
 
 `reward.registry.route` counts, per reward and call, the rows (verifier units) it scored,
 returned None for and crashed on, and the sum of its scores, in `reward.metrics`. Here those
-counters become log entries (`reward_health/<name>/{scored,none,crashed,mean}` per logging
+counters become log entries (`health/<name>/{scored,none,crashed,mean}` per logging
 step), a crash-rate guard, and a coverage check/report: which reward takes each verifier
 label of a prompt mix, and whether some rows go to no reward that can score them (they would
 train on format rewards alone, or on nothing).
 
 >>> logs = health_logs({"math/scored": 3, "math/score_sum": 2.0, "math/none": 1, "code/crashed": 2})
->>> logs["reward_health/math/mean"], logs["reward_health/code/crashed"]
+>>> logs["health/math/mean"], logs["health/code/crashed"]
 (0.6667, 2)
 >>> check_crashes(logs, 0.5)
 Traceback (most recent call last):
@@ -40,22 +40,22 @@ class RewardHealthError(RuntimeError):
 
 
 def health_logs(counts: dict[str, float]) -> dict[str, float]:
-    """reward.metrics counters -> {"reward_health/NAME/scored|none|crashed|mean": ...} per reward."""
+    """reward.metrics counters -> {"health/NAME/scored|none|crashed|mean": ...} per reward."""
     names = sorted({k.rsplit("/", 1)[0] for k in counts if k.rsplit("/", 1)[-1] in (*_KINDS, "score_sum")})
     out: dict[str, float] = {}
     for name in names:
         for kind in _KINDS:
-            out[f"reward_health/{name}/{kind}"] = int(counts.get(f"{name}/{kind}", 0))
+            out[f"health/{name}/{kind}"] = int(counts.get(f"{name}/{kind}", 0))
         scored = counts.get(f"{name}/scored", 0)
         if scored:
-            out[f"reward_health/{name}/mean"] = round(counts.get(f"{name}/score_sum", 0.0) / scored, 4)
+            out[f"health/{name}/mean"] = round(counts.get(f"{name}/score_sum", 0.0) / scored, 4)
     return out
 
 
 def take_health_logs() -> dict[str, float]:
     """Health entries since the last call, and every other reward counter (parse failures...) too."""
     counts = metrics.snapshot(reset_after=True)
-    rest = {f"reward_counts/{k}": v for k, v in counts.items()
+    rest = {f"health/counts/{k}": v for k, v in counts.items()
             if k.rsplit("/", 1)[-1] not in (*_KINDS, "score_sum")}
     return {**health_logs(counts), **rest}
 
@@ -63,10 +63,10 @@ def take_health_logs() -> dict[str, float]:
 def check_crashes(logs: dict[str, float], limit: float) -> None:
     """Raise when a reward crashed on more than `limit` (a fraction) of its rows in these logs."""
     for key, crashed in logs.items():
-        if not key.startswith("reward_health/") or not key.endswith("/crashed") or not crashed:
+        if not key.startswith("health/") or not key.endswith("/crashed") or not crashed:
             continue
-        name = key[len("reward_health/"):-len("/crashed")]
-        total = crashed + logs.get(f"reward_health/{name}/scored", 0) + logs.get(f"reward_health/{name}/none", 0)
+        name = key[len("health/"):-len("/crashed")]
+        total = crashed + logs.get(f"health/{name}/scored", 0) + logs.get(f"health/{name}/none", 0)
         if crashed > limit * total:
             raise RewardHealthError(
                 f"reward {name!r} crashed on {int(crashed)} of {int(total)} rows this logging step "

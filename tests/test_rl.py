@@ -161,8 +161,8 @@ def test_reward_health_reaches_the_log_and_a_crash_storm_stops(trainer):
     math(["The answer is 4", "The answer is 5", "no"], ground_truth=["4", "4", None], verifier=["math"] * 3)
     tr.log({"loss": 1.0})
     last = tr.state.log_history[-1]
-    assert (last["reward_health/math/scored"], last["reward_health/math/none"], last["reward_health/math/crashed"],
-            last["reward_health/math/mean"]) == (2, 1, 0, 0.5)
+    assert (last["health/math/scored"], last["health/math/none"], last["health/math/crashed"],
+            last["health/math/mean"]) == (2, 1, 0, 0.5)
     route(lambda c, **_: 1 / 0, None, {}, "broken")(["a", "b"])
     tr.reward_crash_limit = 0.5
     try:

@@ -165,8 +165,8 @@ def test_health_counts_and_crash_guard():
     metrics.reset()
     assert fn(["ok", "bad", "ok"]) == [1.0, None, 1.0]  # the crashing row is found and skipped
     logs = take_health_logs()
-    assert logs["reward_health/boom/scored"] == 2 and logs["reward_health/boom/crashed"] == 1
-    assert logs["reward_health/boom/mean"] == 1.0
+    assert logs["health/boom/scored"] == 2 and logs["health/boom/crashed"] == 1
+    assert logs["health/boom/mean"] == 1.0
     check_crashes(logs, 0.5)
     with pytest.raises(RewardHealthError, match=r"'boom' crashed on 1 of 3 rows .*KeyError: 'bad row'"):
         check_crashes(logs, 0.2)
