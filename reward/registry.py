@@ -118,6 +118,9 @@ def route(fn: RewardFn, routes: set[str] | None, kwargs: dict[str, Any], name: s
         gts = gts if isinstance(gts, (list, tuple)) and len(gts) == n else [None] * n
         units = []
         for i in range(n):
+            if routes is None:  # a reward of every row (format...) scores it once, whatever its labels
+                units.append((i, verifier[i], False, gts[i]))
+                continue
             row = row_units(verifier[i], gts[i])
             if row is None:
                 metrics.incr(f"{name}/label_mismatch")

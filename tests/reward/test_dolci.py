@@ -184,3 +184,10 @@ def test_coverage_report_and_guard():
     only_format = label_report([{"verifier": "math"}], [{"name": "format_think"}])
     with pytest.raises(RewardHealthError):
         check_coverage(only_format, "rl")
+
+
+def test_every_row_rewards_score_a_multi_label_row_once():
+    funcs, _ = build_reward_fn([{"name": "format_instruct"}, {"name": "math", "verifier": "*"}])
+    cols = {"verifier": [["math", "ifeval"]], "ground_truth": [["4", IF_GT]]}
+    # once each: format 1.0 (not 2.0); "*" math sees the whole list, as any-of golds
+    assert [f(["\\boxed{4}"], **cols) for f in funcs] == [[1.0], [1.0]]
