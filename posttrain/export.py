@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from posttrain.data.templates import EOS, IM_END, TEMPLATES, generation_prefix
+from posttrain.data.templates import EOS, FAMILIES, IM_END, TEMPLATES, generation_prefix
 
 log = logging.getLogger("posttrain")
 
@@ -57,8 +57,11 @@ def training_template(stage_model: Path, kind: str) -> str:
     in both kinds; a recipe's own Jinja template ships as trained, and only if it opens the
     assistant turn the way `kind` says."""
     saved = _saved_template(stage_model)
-    if not saved or saved in TEMPLATES.values():
+    if not saved:
         return TEMPLATES[f"olmo-{kind}"]
+    builtin = next((n for n, t in TEMPLATES.items() if t == saved), None)
+    if builtin is not None:  # the same family's other kind (olmo3-think trained -> olmo3-instruct shipped)
+        return TEMPLATES[f"{FAMILIES[builtin]}-{kind}"]
     if (generation_prefix(saved) == "<think>") != (kind == "think"):
         raise ExportError(f"{stage_model}: the stage trained with a custom chat template that "
                           f"{'opens' if generation_prefix(saved) else 'does not open'} the assistant turn with <think>; "

@@ -66,7 +66,7 @@ class Pipeline:
         self.out = recipe.output_dir
         self.template = resolve_template(str(resolve_file(recipe.cfg.chat_template, recipe))
                                          if recipe.cfg.chat_template.endswith((".jinja", ".j2"))
-                                         else recipe.cfg.chat_template)
+                                         else recipe.cfg.chat_template, recipe.cfg.chat_template_system)
         self._mixes: dict[str, ResolvedMix] = {}
 
     # ---- inputs -------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ class ModelConfig:
     """Base model: `tiny` (built by code), a hub id, a local HF directory, or `random:CONFIG`: random
     weights of `olmo-hybrid-7b` (transformers' defaults, the 7B) or of a hub id's/dir's config (throughput runs)."""
     tokenizer: str | None = None
-    """Tokenizer source; defaults to `name`. `tiny:N` is the character tokenizer padded to N ids."""
+    """Tokenizer source; defaults to `name`. `olmo3` (or `dolma2`): the Olmo 3 / Olmo Hybrid tokenizer,
+    shipped inside posttrain (no hub needed). `tiny:N`: the character tokenizer padded to N ids."""
     dtype: str = "float32"
     """Weights dtype while training: float32 | bfloat16. bf16 on GPU; fp32 on CPU (bf16 is ~7x slower there)."""
     attn_implementation: str = "sdpa"
@@ -80,6 +81,11 @@ class StageBase:
     """Rows per forward/backward on one device."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    """AdamW beta1 (torch's and transformers' default)."""
+    adam_beta2: float = 0.999
+    """AdamW beta2: 0.999 is torch's default (AI2's DPO and RL keep it); OLMo-core's Olmo 3 / Hybrid
+    SFT uses 0.95."""
     bf16: bool = False
     """bf16 autocast. On for GPU recipes; off on CPU, where it makes steps ~7x slower."""
     gradient_checkpointing: bool = False
@@ -125,6 +131,9 @@ class DPOStage(StageBase):
 class GRPOStage(StageBase):
     rollouts_per_prompt: int = 8
     prompts_per_step: int = 64
+    mini_batches: int = 1
+    """Optimizer steps per generation batch (open-instruct `num_mini_batches`): the
+    prompts_per_step x rollouts_per_prompt completions are split into this many steps."""
     beta: float = 0.0
     """KL coefficient; OlmoRL uses none."""
     loss_type: str = "dapo"
@@ -180,7 +189,12 @@ class RecipeConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     chat_template: str = "olmo-instruct"
-    """olmo-instruct | olmo-think | path to a Jinja file with {% generation %} markers."""
+    """olmo3-instruct | olmo3-think (AI2's open-instruct `olmo` / `olmo_thinker`, for the real Olmo
+    tokenizer) | olmo-instruct | olmo-think (the tiny demo's plain ChatML) | path to a Jinja file
+    with {% generation %} markers."""
+    chat_template_system: str | None = None
+    """olmo3-* only: the system turn added to conversations without one. None keeps AI2's text,
+    `none` adds no system turn, any other text replaces it (rendered like a given system message)."""
     stages: dict[str, Any] = field(default_factory=dict)
     exports: list[ExportConfig] = field(default_factory=list)
 
@@ -292,6 +306,9 @@ def _check(r: Recipe, path: Path) -> None:
     if r.cfg.chat_template not in TEMPLATES and _resolve_path(r.cfg.chat_template, path) is None:
         raise RecipeError(f"{src}: chat_template: {r.cfg.chat_template!r} is neither a built-in template "
                           f"({', '.join(TEMPLATES)}) nor an existing file")
+    if r.cfg.chat_template_system is not None and r.cfg.chat_template not in ("olmo3-instruct", "olmo3-think"):
+        raise RecipeError(f"{src}: chat_template_system: only the olmo3-* templates add a default system turn "
+                          f"(chat_template is {r.cfg.chat_template!r})")
     if r.cfg.model.dtype not in ("float32", "bfloat16"):
         raise RecipeError(f"{src}: model.dtype: must be float32 or bfloat16, got {r.cfg.model.dtype!r}")
     for i, (name, st) in enumerate(r.stages.items()):
@@ -315,6 +332,11 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.overlong: must be truncate or drop, got {st.overlong!r}")
         if isinstance(st, DPOStage) and st.loss_type not in ("dpo_norm", "dpo"):
             raise RecipeError(f"{where}.loss_type: must be dpo_norm or dpo, got {st.loss_type!r}")
+        if not (0 <= st.adam_beta1 < 1 and 0 <= st.adam_beta2 < 1):
+            raise RecipeError(f"{where}.adam_beta1/adam_beta2: must be in [0, 1), got {st.adam_beta1}, {st.adam_beta2}")
+        if isinstance(st, GRPOStage) and (st.mini_batches < 1 or st.prompts_per_step % st.mini_batches):
+            raise RecipeError(f"{where}.mini_batches: must be >= 1 and divide prompts_per_step ({st.prompts_per_step}), "
+                              f"got {st.mini_batches}")
         if isinstance(st, GRPOStage) and st.engine not in ("hf", "vllm"):
             raise RecipeError(f"{where}.engine: must be hf or vllm, got {st.engine!r}")
         if isinstance(st, GRPOStage) and st.vllm_mode not in ("colocate", "server"):

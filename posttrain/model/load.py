@@ -1,5 +1,6 @@
 """Loading models and tokenizers: `tiny` (built by code), a local HF dir, a hub id, or
-`random:CONFIG`, random weights of a model's shapes (for throughput runs with no checkpoint).
+`random:CONFIG`, random weights of a model's shapes (for throughput runs with no checkpoint);
+tokenizers also `olmo3` (dolma2, shipped inside posttrain: model/dolma2.py).
 
 The chat template always comes from the recipe, never from whatever the checkpoint shipped,
 so every stage renders conversations the same way the trainer's masks assume.
@@ -19,9 +20,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_tokenizer(source: str, chat_template: str):
+    from posttrain.model import dolma2
     if source == "tiny" or source.startswith("tiny:"):  # tiny:N pads it to N ids (a random 7B's vocabulary)
         from posttrain.model.tiny import build_tiny_tokenizer
         tok = build_tiny_tokenizer(vocab_size=int(source[5:]) if source != "tiny" else None)
+    elif source in dolma2.NAMES:  # the Olmo 3 / Olmo Hybrid tokenizer, shipped inside posttrain
+        tok = dolma2.build_dolma2_tokenizer()
     else:
         tok = AutoTokenizer.from_pretrained(source)
     tok.chat_template = chat_template

@@ -89,6 +89,7 @@ def training_args(st: StageBase, out: Path, grad_accum: int, micro_batch: int) -
         warmup_steps=st.warmup_ratio, num_train_epochs=st.num_epochs, max_steps=st.max_steps,
         per_device_train_batch_size=micro_batch, per_device_eval_batch_size=micro_batch,
         gradient_accumulation_steps=grad_accum, weight_decay=st.weight_decay, max_grad_norm=st.max_grad_norm,
+        adam_beta1=st.adam_beta1, adam_beta2=st.adam_beta2,
         bf16=st.bf16, fp16=False, gradient_checkpointing=st.gradient_checkpointing,
         logging_steps=st.logging_steps, save_steps=st.save_steps, save_strategy="steps", save_total_limit=2,
         report_to=[], seed=st.seed, data_seed=st.seed, use_cpu=not torch.cuda.is_available(),

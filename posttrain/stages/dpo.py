@@ -61,6 +61,25 @@ def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "t
     return kept, counts
 
 
+def tokenize_pair(tok, row: dict) -> dict:
+    """A pair's token ids as the model meets them at inference: the prompt rendered for generation
+    (the Think template ends it with `<think>`) and tokenized alone, then each answer's text after
+    it, tokenized alone. Tokenizing prompt + answer as one text, as TRL does, lets BPE merge across
+    the boundary: with the Olmo tokenizer `<think>` ends in `>` alone but `<think>\n` in `>\n`, so
+    the prompt would lose its last token to the answer. The prompt is rendered once, shared by both
+    answers. An answer whose render does not continue the prompt's text falls back to TRL's split
+    (the tokens after the common prefix)."""
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    prompt_text = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    full = {k: tok.apply_chat_template(row["prompt"] + row[k], tokenize=False) for k in ("chosen", "rejected")}
+    if all(t.startswith(prompt_text) for t in full.values()):
+        return {"prompt_ids": enc(prompt_text), **{f"{k}_ids": enc(t[len(prompt_text):]) for k, t in full.items()}}
+    from trl.data_utils import common_prefix_length
+    prompt_ids, ids = enc(prompt_text), {k: enc(t) for k, t in full.items()}
+    n = min(common_prefix_length(prompt_ids, v) for v in ids.values())
+    return {"prompt_ids": prompt_ids[:n], **{f"{k}_ids": v[n:] for k, v in ids.items()}}
+
+
 def policy_rejections(model, tok, rows: list[dict], max_new_tokens: int, seed: int, batch_size: int = 128):
     """Rows with `rejected` replaced by the model's own sampled answer wherever that answer is wrong.
 
@@ -132,6 +151,14 @@ class CachedRefDPOTrainer(DPOTrainer):
             kw["data_collator"] = PackedPairCollator(kw["args"].max_length, kw["processing_class"].pad_token_id,
                                                      pad_to_multiple_of=kw["args"].max_length)
         super().__init__(*a, **kw)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """Pairs come tokenized (`tokenize_pair`); only TRL's drop of prompts that fill max_length remains."""
+        if "prompt_ids" not in dataset.column_names:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if args.max_length is not None and args.truncation_mode == "keep_start":
+            dataset = dataset.filter(lambda ex: len(ex["prompt_ids"]) < args.max_length)
+        return dataset
 
     def _pair_sizes(self, ds) -> list[int]:
         """Packed size of each pair: prompt + chosen and prompt + rejected, each truncated to max_length."""
@@ -306,8 +333,9 @@ def run(ctx: StageContext) -> dict:
     mean_seq = sum(sizes) / max(1, 2 * len(sizes))  # each pair is two documents
     tput.doc_len = lambda logs: mean_seq
     trainer = CachedRefDPOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None, processing_class=tok,
+        model=model, args=args, train_dataset=Dataset.from_list([tokenize_pair(tok, r) for r in train_rows]),
+        eval_dataset=Dataset.from_list([tokenize_pair(tok, r) for r in eval_pairs]) if eval_pairs else None,
+        processing_class=tok,
         ref_cache=cache, packed=st.packing, loss_type=st.loss_type, pairs_per_row=pairs_per_row, callbacks=[tput])
     summary = {}
     if eval_pairs:

@@ -30,6 +30,7 @@ from posttrain.data.templates import generation_prefix
 from posttrain.metrics import ThroughputCallback
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
 from posttrain.launch import local_rank, rank, world_size
+from posttrain.model.load import end_token_ids
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args
 from reward.health import check_crashes
 
@@ -320,16 +321,23 @@ def save_once(model, tok, path: Path, local_rank: int, timeout_s: float = 3600.0
         time.sleep(1.0)
 
 
-def grpo_config(st, output_dir, reward_weights: list[float]) -> GRPOConfig:
-    """The recipe's OlmoRL fields as TRL's GRPOConfig: one optimizer step per generation batch of
-    prompts_per_step x rollouts_per_prompt completions, micro-batches of whole groups."""
+def grpo_config(st, output_dir, reward_weights: list[float], stop_token_ids: list[int] | None = None) -> GRPOConfig:
+    """The recipe's OlmoRL fields as TRL's GRPOConfig: each generation batch of prompts_per_step x
+    rollouts_per_prompt completions is trained in `mini_batches` optimizer steps (open-instruct's
+    num_mini_batches), micro-batches of whole groups. `stop_token_ids`: every end token (`<|im_end|>`
+    and `<|endoftext|>`) goes to vLLM's sampling parameters, not only the tokenizer's eos."""
     g, ws = st.rollouts_per_prompt, world_size()
     completions_per_step = st.prompts_per_step * g
     micro = max(g, st.micro_batch_size - st.micro_batch_size % g)  # whole groups per micro-batch
-    accum = max(1, completions_per_step // (micro * ws))
-    base = training_args(st, output_dir, accum, micro)
+    per_generation = max(1, completions_per_step // (micro * ws))  # micro-batches per generation batch
+    mini = getattr(st, "mini_batches", 1)
+    if per_generation % mini:
+        raise ValueError(f"mini_batches {mini}: the {per_generation} micro-batches of {micro} completions a "
+                         "generation batch holds per process do not split evenly; change micro_batch_size")
+    base = training_args(st, output_dir, per_generation // mini, micro)
+    vllm = st.engine == "vllm"
     return GRPOConfig(
-        **base, num_generations=g, steps_per_generation=accum, num_iterations=1, beta=st.beta,
+        **base, num_generations=g, steps_per_generation=per_generation, num_iterations=1, beta=st.beta,
         loss_type=st.loss_type, epsilon=st.epsilon, epsilon_high=st.epsilon_high, scale_rewards=st.scale_rewards,
         temperature=st.temperature, top_p=1.0, max_completion_length=st.max_completion_length,
         mask_truncated_completions=st.mask_truncated_completions, reward_weights=reward_weights,
@@ -339,6 +347,7 @@ def grpo_config(st, output_dir, reward_weights: list[float]) -> GRPOConfig:
         vllm_max_model_length=st.max_prompt_length + st.max_completion_length,
         vllm_importance_sampling_correction=st.engine == "vllm", vllm_importance_sampling_mode="token_truncate",
         vllm_importance_sampling_clip_max=st.tis_cap, shuffle_dataset=False, log_completions=False,
+        generation_kwargs={"stop_token_ids": stop_token_ids} if vllm and stop_token_ids else None,
     )
 
 
@@ -362,7 +371,7 @@ def run(ctx: StageContext) -> dict:
         log.warning("%s: dropped %d prompts longer than max_prompt_length %d", ctx.name,
                     len(ctx.mix.rows) - len(rows), st.max_prompt_length)
     funcs, weights = build_rewards(st.rewards, generation_prefix(ctx.chat_template))
-    args = grpo_config(st, ctx.trainer_dir, weights)
+    args = grpo_config(st, ctx.trainer_dir, weights, stop_token_ids=end_token_ids(tok))
     queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=world_size())
     resume = ctx.resume_checkpoint()
     saved = Path(resume) / queue_file(rank()) if resume else None
