@@ -10,7 +10,7 @@ from posttrain.data.templates import generation_prefix
 from posttrain.rollout.hf import generate
 
 
-def prompts_and_truths(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
+def prompts_and_truths(rows: list[dict]) -> tuple[list[list[dict]], list[str | list]]:
     """Held-out rows (messages with ground_truth, or prompt rows) -> prompts and gold answers."""
     prompts, truths = [], []
     for r in rows:
@@ -20,7 +20,8 @@ def prompts_and_truths(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
             prompts.append(msgs[:cut])
         else:
             prompts.append(r["prompt"])
-        truths.append(str(r.get("ground_truth", "")))
+        gt = r.get("ground_truth", "")  # Dolci RL rows carry a list (math_reward takes any of them)
+        truths.append(list(gt) if isinstance(gt, (list, tuple)) else str(gt))
     return prompts, truths
 
 
