@@ -126,6 +126,18 @@ def refill_size(short: int, seen: int, kept: int, want: int) -> int:
     return max(1, min(want, -(-short * seen // max(kept, 1)) if kept else want))
 
 
+def same_columns(rows: list[dict]) -> list[dict]:
+    """Rows with every column of the mix (None where a source lacks it): TRL hands rewards the columns
+    of a batch's first row, and a mix of sources (Dolci-Think-RL's `id`, Dolci-Instruct-RL's `solution`)
+    differs from row to row.
+
+    >>> same_columns([{"prompt": 1, "id": "a"}, {"prompt": 2, "solution": "s"}])[1]
+    {'prompt': 2, 'id': None, 'solution': 's'}
+    """
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k) for k in cols} for r in rows]
+
+
 def select_rows(batch: dict, idx: torch.Tensor) -> dict:
     return {k: (v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
 
@@ -364,7 +376,7 @@ def run(ctx: StageContext) -> dict:
         prepare_vllm(ctx, model, tok)
     plens = [len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True))
              for r in ctx.mix.rows]
-    rows = [r for r, n in zip(ctx.mix.rows, plens) if n <= st.max_prompt_length]
+    rows = same_columns([r for r, n in zip(ctx.mix.rows, plens) if n <= st.max_prompt_length])
     kept = [n for n in plens if n <= st.max_prompt_length]
     mean_prompt = sum(kept) / max(1, len(kept))
     if len(rows) < len(ctx.mix.rows):
