@@ -122,3 +122,18 @@ def test_default_system_text_is_a_recipe_choice(tok, name, oi_name):
 def test_default_system_only_for_olmo3():
     with pytest.raises(ValueError, match="chat_template_system"):
         resolve_template("olmo-think", "x")
+
+
+def test_exports_carry_the_olmo3_family(tmp_path, tok):
+    """A stage trained with olmo3-think ships olmo3-think as Think and olmo3-instruct as Instruct, markers
+    stripped, rendering exactly what open-instruct's templates render."""
+    from posttrain.data.templates import TEMPLATES
+    from posttrain.export import shipped_template, training_template
+    (tmp_path / "chat_template.jinja").write_text(TEMPLATES["olmo3-think"])
+    assert training_template(tmp_path, "think") == TEMPLATES["olmo3-think"]
+    assert training_template(tmp_path, "instruct") == TEMPLATES["olmo3-instruct"]
+    for kind, oi_name in (("think", "olmo_thinker"), ("instruct", "olmo")):
+        shipped = shipped_template(training_template(tmp_path, kind))
+        assert "generation" not in shipped
+        for conv in CONVERSATIONS.values():
+            assert render(tok, shipped, conv, True) == render(tok, OI.CHAT_TEMPLATES[oi_name], conv, True)

@@ -60,6 +60,10 @@ def mix(tmp_path):
     (lambda s: s.replace("kind: sft", "kind: grpo\n    vllm_mode: remote"), "stages.sft.vllm_mode"),
     (lambda s: s.replace("kind: sft", "kind: grpo\n    engine: vllm\n    vllm_mode: server"),
      "stages.sft.vllm_server_base_url"),
+    (lambda s: s + "chat_template_system: hi\n", "chat_template_system"),  # olmo-instruct has no default turn
+    (lambda s: s.replace("kind: sft", "kind: grpo\n    prompts_per_step: 6\n    mini_batches: 4"),
+     "stages.sft.mini_batches"),
+    (lambda s: s.replace("learning_rate: 1.0e-3", "learning_rate: 1.0e-3\n    adam_beta2: 1.5"), "adam_beta2"),
 ])
 def test_mistakes_are_one_line_naming_file_and_field(tmp_path, mix, mutate, expect):
     path = write(tmp_path, mutate(GOOD.format(mix=mix)))
