@@ -110,7 +110,7 @@ def stage_steps(stage, rows: int | None) -> tuple[int | None, int]:
     elif stage.kind == "dpo":
         per_step, tokens = stage.batch_pairs, stage.batch_pairs * 2 * stage.max_length
     else:
-        per_step = stage.prompts_per_step
+        per_step = max(1, stage.prompts_per_step // stage.mini_batches)  # each mini-batch is an optimizer step
         tokens = per_step * stage.rollouts_per_prompt * (stage.max_prompt_length + stage.max_completion_length)
     if stage.max_steps > 0:
         return stage.max_steps, tokens

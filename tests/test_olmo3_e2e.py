@@ -90,10 +90,11 @@ def test_sft_dpo_grpo_on_dolci_formats(tmp_path, monkeypatch):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(out=tmp_path / "run", mixes=mixes, dolci=DOLCI))
 
-    seen = []  # what reached the rewards: (prompt, ground_truth, verifier) per completion
+    seen, starts = [], []  # what reached the rewards: (prompt, ground_truth, verifier) per completion
 
     def spy(completions, prompts=None, ground_truth=None, verifier=None, **kw):
         seen.extend(zip([json.dumps(p) for p in prompts], ground_truth, verifier))
+        starts.extend(c.startswith("<think>") for c in completions)  # the template's '<think>' put back
         return [0.0] * len(completions)
     monkeypatch.setitem(REWARDS, "spy", spy)
     trainers = {}
@@ -150,7 +151,7 @@ def test_sft_dpo_grpo_on_dolci_formats(tmp_path, monkeypatch):
     want = {json.dumps(r["prompt"]): r["ground_truth"] for r in rl_rows}
     got = {p: gt for p, gt, _ in seen}
     assert set(got) == set(want) and all(got[p] == want[p] for p in want)
-    assert all(v == ["math"] for _, _, v in seen)
+    assert all(v == ["math"] for _, _, v in seen) and starts and all(starts)
     assert {json.dumps([{"role": "user", "content": "What is 100 - 1?"}]),
             json.dumps([{"role": "user", "content": "What is 3 cubed?"}]),
             json.dumps([{"role": "user", "content": "What is 5 * 5?"}])} <= set(want)

@@ -137,3 +137,23 @@ def test_exports_carry_the_olmo3_family(tmp_path, tok):
         assert "{% generation %}" not in shipped and "{% endgeneration %}" not in shipped
         for conv in CONVERSATIONS.values():
             assert render(tok, shipped, conv, True) == render(tok, OI.CHAT_TEMPLATES[oi_name], conv, True)
+
+
+def test_rl_completion_decoding_and_think_rewards_with_bpe_think(tok):
+    """GRPO with olmo3-think: the prompt ends in '<think>' (several BPE tokens); TRL decodes the completion's
+    ids with skip_special_tokens=True; the stage puts the prefix back before the rewards strip the thought."""
+    from posttrain.stages.rl import with_prefix
+    from reward.format import format_think
+    from reward.math import math_reward
+    prefix = generation_prefix(resolve_template("olmo3-think"))
+    completions = []
+    for body in ("\n2+2=4.\n</think>\n\nThe answer is 4.", "2+2 is 4.</think>The answer is 4.", "hm.</think>The answer is 5."):
+        ids = tok(body + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        assert tok.convert_tokens_to_ids("<|im_end|>") == ids[-1]
+        completions.append(tok.decode(ids, skip_special_tokens=True))
+    assert completions[0] == "\n2+2=4.\n</think>\n\nThe answer is 4."
+    scored = with_prefix(lambda completions, **kw: list(completions), prefix)(completions)
+    assert all(c.startswith("<think>") for c in scored)
+    assert math_reward(scored, ground_truth=[["4"], "4", ["4", "5"]]) == [1.0, 1.0, 1.0]
+    assert with_prefix(format_think, prefix)(completions) == [1.0, 1.0, 1.0]
+    assert math_reward(["<think>The answer is 4.</think>The answer is 5."], ground_truth=["4"]) == [0.0]

@@ -1,8 +1,10 @@
 """The `tiny` base model: a real OlmoHybridForCausalLM small enough to post-train on 2 CPU cores.
 
 GDN and attention 3:1 like the 7B (layers 0-2 GDN, 3 attention, ...), a character-level
-tokenizer that keeps Olmo's chat tokens as single tokens. Everything is built by code from a
-seed, so nothing is fetched at run time and two machines build the same model bit for bit.
+tokenizer that keeps Olmo's chat tokens (and, unlike Olmo's, <think> / </think>) as single
+tokens. Everything is built by code from a seed, so nothing is fetched at run time and two
+machines build the same model bit for bit. With `model.tokenizer: olmo3` the same model is
+built on the real Olmo tokenizer (100,278 ids).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def build_tiny_tokenizer(chat_template: str = "olmo-instruct", vocab_size: int |
         tokenizer_object=tk, unk_token="<unk>", pad_token=PAD, eos_token=IM_END,
         additional_special_tokens=[EOS, IM_START],
     )
-    # <think> and </think> are ordinary added tokens, as in Olmo's tokenizer: one token each, but
-    # kept by decode(skip_special_tokens=True), which is how TRL decodes RL completions. As
-    # special tokens they vanished there and every think-format reward scored 0.
+    # <think> and </think> are ordinary (non-special) added tokens: one token each here, kept by
+    # decode(skip_special_tokens=True), which is how TRL decodes RL completions (as special tokens
+    # they vanished there and every think-format reward scored 0). Olmo's real tokenizer (dolma2,
+    # model/dolma2.py) has no such tokens: there they are plain BPE pieces.
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
     if vocab_size is not None and vocab_size > len(tok):
         tok.add_tokens([AddedToken(f"<w{i}>", special=False, normalized=False) for i in range(vocab_size - len(tok))])
