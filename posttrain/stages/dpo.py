@@ -40,7 +40,9 @@ def clean_pairs(rows: list[dict], tokenizer, max_length: int, overlong: str = "t
     `lengths`, when given, receives each kept pair's packed size: both sequences, truncated."""
     kept, counts = [], {"identical": 0, "empty": 0, "overlong_dropped": 0, "overlong_truncated": 0}
     for r in rows:
-        chosen, rejected = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
+        # An answer may be a tool call with no text (AI2's format): its calls count as its content.
+        chosen, rejected = ((m[-1].get("content") or "") + (m[-1].get("function_calls") or "")
+                            for m in (r["chosen"], r["rejected"]))
         if not chosen.strip() or not rejected.strip():
             counts["empty"] += 1
             continue
