@@ -10,6 +10,7 @@ import torch
 from posttrain.data.mix import resolve_mix
 from posttrain.pipeline import Pipeline
 from posttrain.recipe import GRPOStage, load_recipe
+from reward._text import completion_text
 from reward.registry import REWARDS
 
 DOLCI = Path(__file__).resolve().parent / "fixtures" / "dolci"
@@ -94,7 +95,7 @@ def test_sft_dpo_grpo_on_dolci_formats(tmp_path, monkeypatch):
 
     def spy(completions, prompts=None, ground_truth=None, verifier=None, **kw):
         seen.extend(zip([json.dumps(p) for p in prompts], ground_truth, verifier))
-        starts.extend(c.startswith("<think>") for c in completions)  # the template's '<think>' put back
+        starts.extend(completion_text(c).startswith("<think>") for c in completions)  # the template's '<think>' put back
         return [0.0] * len(completions)
     monkeypatch.setitem(REWARDS, "spy", spy)
     trainers = {}
