@@ -161,7 +161,7 @@ QA = [(f"What is {a} + {b}?", a + b) for a, b in [(3, 4), (12, 5), (20, 7), (8, 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny Think model taught four sums (~30 s on 2 cores): only the chat template leads it to them."""
+    """A tiny Think model taught four sums (16 steps, ~10 s on 2 idle cores): only the chat template leads it to them."""
     tok = build_tiny_tokenizer("olmo-think")
     model = build_tiny_model(tok, seed=0)
     rows = [[{"role": "user", "content": q}, {"role": "assistant", "content": f"<think>{s}</think>The answer is {s}."}]
@@ -177,7 +177,7 @@ def trained(tmp_path_factory):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     model.train()
-    for _ in range(30):
+    for _ in range(16):  # 4/4 right from ~step 19, 3/4 at 15 (loss on the answer only)
         model(**enc, labels=labels).loss.backward()
         opt.step()
         opt.zero_grad()
@@ -214,3 +214,39 @@ def test_run_dir_scores_each_export_beside_the_stage_before_it(trained, tmp_path
     assert "sft" in summary["results"]  # the previous stage, scored the same way
     from posttrain.report import write_report
     assert "Benchmark suites" in write_report(run).read_text()
+
+
+def test_recipe_benchmarks_and_rl_local_eval_are_checked_and_leave_stage_keys_alone(tmp_path, monkeypatch):
+    from posttrain.pipeline import Pipeline
+    from posttrain.recipe import RecipeError, load_recipe
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    with pytest.raises(RecipeError, match=r"benchmarks.0.after: 'nope'"):
+        load_recipe("tiny", ["benchmarks=[{suite: tiny, after: nope}]"])
+    with pytest.raises(RecipeError, match=r"benchmarks.0.suite: suite 'nosuch'"):
+        load_recipe("tiny", ["benchmarks=[{suite: nosuch}]"])
+    with pytest.raises(RecipeError, match=r"stages.rl.local_eval_suite"):
+        load_recipe("tiny", ["stages.rl.local_eval_every=4", "stages.rl.local_eval_suite=nosuch"])
+    plain = Pipeline(load_recipe("tiny", [f"output_dir={tmp_path}"]))
+    watched = Pipeline(load_recipe("tiny", [f"output_dir={tmp_path}", "stages.rl.local_eval_every=4",
+                                            "benchmarks=[{suite: tiny, after: rl}]"]))
+    assert [p.key for p in plain.plan()] == [p.key for p in watched.plan()]  # observing never reruns a stage
+
+
+def test_rl_local_eval_callback_logs_every_n_steps(trained, tmp_path):
+    from types import SimpleNamespace
+    from posttrain.metrics import MetricsWriter, read_metrics
+    from posttrain.recipe import EvalConfig
+    from posttrain.stages.local_eval import local_eval_callbacks
+    model, tok = harness.load_target(harness.Target("x", trained / "model", TEMPLATES["olmo-think"], "k"), "float32")
+    rows = [json.loads(x) for x in (trained / "data" / "arithmetic.jsonl").read_text().splitlines()]
+    stage = SimpleNamespace(local_eval_every=2, local_eval_examples=4, local_eval_suite=None,
+                            eval=EvalConfig(max_new_tokens=24, batch_size=8))
+    ctx = SimpleNamespace(stage=stage, name="rl", eval_rows=rows, metrics=MetricsWriter(tmp_path / "m.jsonl"),
+                          chat_template=TEMPLATES["olmo-think"])
+    (cb,) = local_eval_callbacks(ctx, tok)
+    for step in (1, 2):
+        cb.on_step_end(None, SimpleNamespace(global_step=step, is_world_process_zero=True), None, model=model)
+    recs = read_metrics(tmp_path / "m.jsonl")
+    assert [r["step"] for r in recs] == [2] and recs[0]["local_eval/accuracy"] > 0
+    assert local_eval_callbacks(SimpleNamespace(stage=SimpleNamespace(local_eval_every=0)), tok) == []
