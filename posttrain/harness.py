@@ -134,16 +134,12 @@ def make_lm(target: Target, backend: str, seed: int, batch_size: int, dtype: str
     return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=_max_len(model))
 
 
-def _free(lm) -> None:
-    """Drop an engine before the next seed's starts, so two never hold GPU memory at once."""
-    if lm is not None:
-        import gc
-        import torch
-        del lm
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return None
+def _release_gpu() -> None:
+    import gc
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _max_len(model) -> int:
@@ -188,7 +184,9 @@ def evaluate_suite(target: Target, suite: Suite, backend: str = "hf", data_dir: 
     t0 = time.time()
     for seed in suite.seeds:
         if lm is None or backend == "vllm":  # vLLM takes its sampling seed at engine start
-            lm = _free(lm) if backend == "vllm" else lm
+            if backend == "vllm" and lm is not None:
+                lm = None  # the last reference: the engine goes before the next one starts
+                _release_gpu()
             lm = make_lm(target, backend, seed, batch_size, dtype, vllm_args)
         res = simple_evaluate(model=lm, tasks=configs, apply_chat_template=True, log_samples=True,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
