@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posttrain.suites import SCORERS, Suite, SuiteError, TaskSpec, build_docs, load_rows, load_suite
+from posttrain.suites import SCORERS, Suite, SuiteError, TaskSpec, answer_part, build_docs, load_rows, load_suite
 
 log = logging.getLogger("posttrain")
 
@@ -87,8 +87,7 @@ def task_config(name: str, spec: TaskSpec, docs: list[dict], gen: dict, prefix: 
         flat = [r for x in results for r in (x if isinstance(x, list) else [x])]
         comps = [prefix + r for r in flat]
         scores = scorer(comps, json.loads(doc["ref"]), judge=judge)
-        from reward._text import answer_text
-        answered = [bool(answer_text(c)) for c in comps]
+        answered = [bool(answer_part(c)) for c in comps]
         return {"score": scores, "answered": sum(answered) / len(answered)}
 
     return {

@@ -267,6 +267,19 @@ DEFAULT_SCORER = {"math": "math", "gsm8k": "math", "gpqa": "multiple_choice", "i
 # Completions arrive with the template's generation prefix put back (`<think>` for Think models),
 # so reward/'s think stripping sees whole blocks: an unclosed <think> means no answer (score 0),
 # where lm-eval's `think_end_token` split would score the reasoning text itself.
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+
+
+def answer_part(text: str) -> str:
+    """What follows the reasoning; '' when a <think> block never closed (the answer never started).
+
+    >>> answer_part("<think>2+2</think> 4"), answer_part("<think>2+2 is 4"), answer_part("4")
+    ('4', '', '4')
+    """
+    text = _THINK.sub("", text)
+    return "" if "<think>" in text else text.split("</think>")[-1].strip()
+
+
 def score_math(comps: list[str], ref: dict, **_) -> list[float]:
     from reward.math import math_reward
     return [s or 0.0 for s in math_reward(comps, ground_truth=[ref["ground_truth"]] * len(comps))]
@@ -283,11 +296,10 @@ def score_ifeval(comps: list[str], ref: dict, **_) -> list[float]:
 def score_code(comps: list[str], ref: dict, **_) -> list[float]:
     # pass@1 per completion: all tests must pass. The prompt's imports go first, as HumanEval's
     # signatures need them (`List[int]`) and chat models often drop them from their answer.
-    from reward._text import answer_text
     from reward.code import code_reward, extract_code
     progs = []
     for c in comps:
-        body = extract_code(answer_text(c) or "")
+        body = extract_code(answer_part(c))
         progs.append(f"```python\n{ref.get('header', '')}\n{body}\n```")
     return [s or 0.0 for s in code_reward(progs, tests=[ref["tests"]] * len(comps), mode="all")]
 
@@ -308,8 +320,7 @@ def extract_letter(text: str) -> str | None:
 
 
 def score_multiple_choice(comps: list[str], ref: dict, **_) -> list[float]:
-    from reward._text import answer_text
-    return [float(extract_letter(answer_text(c) or "") == ref["answer"]) for c in comps]
+    return [float(extract_letter(answer_part(c)) == ref["answer"]) for c in comps]
 
 
 def score_judge(comps: list[str], ref: dict, judge: dict | None = None, **_) -> list[float]:
