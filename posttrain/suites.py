@@ -11,7 +11,7 @@ file per task in a data dir (`--data-dir DIR`, or `$POSTTRAIN_EVAL_DATA`): `DIR/
 >>> sorted(s.tasks)[:3], s.tasks["aime24"].samples > 1
 (['aime24', 'aime25', 'gpqa_diamond'], True)
 >>> PROMPTS["gpqa"]({"Question": "2+2?", "Correct Answer": "4", "Incorrect Answer 1": "3",
-...                  "Incorrect Answer 2": "5", "Incorrect Answer 3": "22"}, {})[1]["answer"] in "ABCD"
+...                  "Incorrect Answer 2": "5", "Incorrect Answer 3": "22"}, TaskSpec())[1]["answer"] in "ABCD"
 True
 """
 
