@@ -156,6 +156,43 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def _add_suite_args(ev: argparse.ArgumentParser) -> None:
+    g = ev.add_argument_group("benchmark suites (posttrain/harness.py, lm-eval)")
+    g.add_argument("--suite", help="think | instruct | tiny | a suite YAML: benchmark the export(s) or stage(s)")
+    g.add_argument("--backend", choices=["hf", "vllm"], help="generation engine (default: vllm on CUDA, else hf)")
+    g.add_argument("--data-dir", help="offline: DIR/<task>.jsonl|json|parquet replaces each task's hub dataset "
+                                      "(default $POSTTRAIN_EVAL_DATA)")
+    g.add_argument("--no-baseline", action="store_true", help="skip scoring the stage/base each model started from")
+    g.add_argument("--judge-url", help="OpenAI-compatible judge endpoint (enables judged chat tasks)")
+    g.add_argument("--judge-model", help="judge model name at --judge-url")
+    g.add_argument("--dtype", default=None, help="model dtype (default float32 on CPU, bfloat16 on CUDA)")
+    g.add_argument("--force", action="store_true", help="rescore even if results for the same model and suite exist")
+
+
+def cmd_eval(args) -> int:
+    """`posttrain eval RUN`: the held-out table; with --suite, the benchmark suite through lm-eval."""
+    from posttrain import report as report_mod
+    if not args.suite:
+        return report_mod.cmd_eval(args)
+    from posttrain.harness import format_summary, run_eval
+    from posttrain.suites import SuiteError
+    import torch
+    cuda = torch.cuda.is_available()
+    judge = {"base_url": args.judge_url, "model": args.judge_model} if args.judge_url else None
+    if judge and not args.judge_model:
+        print("posttrain: error: --judge-url needs --judge-model", file=sys.stderr)
+        return 2
+    try:
+        summary = run_eval(args.run, args.suite, args.stage, args.backend or ("vllm" if cuda else "hf"),
+                           args.data_dir, judge, baseline=not args.no_baseline, force=args.force,
+                           batch_size=args.batch_size or 32, dtype=args.dtype or ("bfloat16" if cuda else "float32"))
+    except (SuiteError, ValueError) as e:
+        print(f"posttrain: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from posttrain.serve import main as serve_main
     return serve_main(args.rest) or 0
@@ -199,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=export_mod.cmd_export)
     ev = sub.add_parser("eval", help="re-evaluate finished stages; one table base -> each stage")
     report_mod.build_eval_parser(ev)
-    ev.set_defaults(fn=report_mod.cmd_eval)
+    _add_suite_args(ev)
+    ev.set_defaults(fn=cmd_eval)
     rp = sub.add_parser("report", help="write RUN/report.html")
     report_mod.build_report_parser(rp)
     rp.set_defaults(fn=report_mod.cmd_report)

@@ -28,6 +28,8 @@ from posttrain.data.templates import resolve_template
 from posttrain.recipe import Recipe, resolve_file
 
 log = logging.getLogger("posttrain")
+# Settings that only watch a stage (evals during RL) and never change its model: not in its key.
+OBSERVE_ONLY = ("local_eval_every", "local_eval_suite", "local_eval_examples")
 KEY_VERSION = 1  # bump when a code change alters what a stage produces from the same inputs
 
 
@@ -84,7 +86,7 @@ class Pipeline:
         st = self.recipe.stages[name]
         m, e = self.mix(st.mix), self.mix(st.eval.mix)
         return _sha({
-            "v": KEY_VERSION, "stage": self.recipe.stage_dict(name),
+            "v": KEY_VERSION, "stage": {k: v for k, v in self.recipe.stage_dict(name).items() if k not in OBSERVE_ONLY},
             "model": OmegaConf.to_container(OmegaConf.structured(self.recipe.cfg.model)),
             "seed": self.recipe.cfg.seed, "template": self.template,
             "mix": m.manifest["sha256"], "eval": e.manifest["sha256"] if e else None, "parent": parent_key,
@@ -179,8 +181,26 @@ class Pipeline:
         if ready:
             for path in run_exports(self.out, ready) or []:
                 log.info("export ready: %s", path)
+        self._benchmarks()
         log.info("report: %s", write_report(self.out))
         return results
+
+    def _benchmarks(self) -> None:
+        """The recipe's `benchmarks:` suites (off unless listed), on what has finished; cached per model."""
+        for b in self.recipe.cfg.benchmarks:
+            import torch
+            from posttrain.harness import format_summary, run_eval
+            from posttrain.recipe import suite_ref
+            if b.after != "exports" and not read_done(self.stage_dir(b.after)):
+                continue
+            if b.after == "exports" and not any((self.out / "exports").glob("*/export.json")):
+                continue
+            cuda = torch.cuda.is_available()
+            judge = {"base_url": b.judge_url, "model": b.judge_model} if b.judge_url else None
+            summary = run_eval(self.out, suite_ref(b.suite, Path(self.recipe.source)),
+                               None if b.after == "exports" else b.after, b.backend or ("vllm" if cuda else "hf"),
+                               b.data_dir, judge, dtype="bfloat16" if cuda else "float32")
+            log.info("benchmark suite %s after %s:\n%s", b.suite, b.after, format_summary(summary))
 
     def _run_stage(self, p: StagePlan) -> dict:
         from posttrain.stages.common import StageContext

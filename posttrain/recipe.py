@@ -166,6 +166,13 @@ class GRPOStage(StageBase):
     vllm_server_base_url: str | None = None
     """Server mode: where `trl vllm-serve` listens (NCCL weight updates go to its group port). The
     server must serve the stage's starting model: TRL first syncs weights after the first step."""
+    local_eval_every: int = 0
+    """Every N optimizer steps, score the in-training model (open-instruct's `local_eval_every`);
+    0 = off. Logged as local_eval/* rows in metrics.jsonl; not part of the stage key (it only observes)."""
+    local_eval_suite: str | None = None
+    """A benchmark suite (suites/NAME.yaml or a file) for it; None = eval.mix, greedy."""
+    local_eval_examples: int = 64
+    """Rows of eval.mix per local eval (ignored with a suite, whose tasks set their own sizes)."""
 
 
 STAGE_TYPES = {"sft": SFTStage, "dpo": DPOStage, "grpo": GRPOStage}
@@ -179,6 +186,22 @@ class ExportConfig:
     """instruct | think: which chat template and generation defaults ship with it."""
     out: str | None = None
     """Output dir; default RUN/exports/<kind>."""
+
+
+@dataclass
+class BenchmarkConfig:
+    suite: str = MISSING
+    """Benchmark suite: think | instruct | tiny | a suite YAML (suites/)."""
+    after: str = "exports"
+    """When: "exports" (every export, beside the stage it came from) or a stage name (that stage,
+    beside the one before it)."""
+    backend: str | None = None
+    """hf | vllm; default vllm on CUDA, hf otherwise."""
+    data_dir: str | None = None
+    """Offline: DIR/<task>.jsonl per task instead of the hub (default $POSTTRAIN_EVAL_DATA)."""
+    judge_url: str | None = None
+    """OpenAI-compatible judge endpoint: enables the suite's judged chat tasks."""
+    judge_model: str | None = None
 
 
 @dataclass
@@ -197,6 +220,8 @@ class RecipeConfig:
     `none` adds no system turn, any other text replaces it (rendered like a given system message)."""
     stages: dict[str, Any] = field(default_factory=dict)
     exports: list[ExportConfig] = field(default_factory=list)
+    benchmarks: list[BenchmarkConfig] = field(default_factory=list)
+    """Benchmark suites run after the stages and exports (posttrain/harness.py); none by default."""
 
 
 @dataclass
@@ -234,6 +259,12 @@ def _one_line(e: Exception) -> str:
     if isinstance(msg, str) and msg.startswith("Key '") and "' not in '" in msg:
         msg = "unknown field (" + msg.split("' not in '")[1].rstrip("'") + " has no such field)"
     return f"{key}: {msg}" if key else msg
+
+
+def suite_ref(ref: str, recipe_path: Path) -> str:
+    """A suite file next to the recipe / repo, or a built-in suite name as is."""
+    p = _resolve_path(ref, recipe_path)
+    return str(p) if p is not None and p.is_file() else ref
 
 
 def _resolve_path(p: str, recipe_path: Path) -> Path | None:
@@ -345,6 +376,23 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.reward_crash_limit: must be a fraction in [0, 1], got {st.reward_crash_limit}")
         if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
             raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
+    for i, b in enumerate(r.cfg.benchmarks):
+        if b.after != "exports" and b.after not in names:
+            raise RecipeError(f"{src}: benchmarks.{i}.after: {b.after!r} is neither 'exports' nor a stage ({', '.join(names)})")
+        if b.backend not in (None, "hf", "vllm"):
+            raise RecipeError(f"{src}: benchmarks.{i}.backend: must be hf or vllm, got {b.backend!r}")
+        from posttrain.suites import SuiteError, load_suite
+        try:
+            load_suite(suite_ref(b.suite, path))
+        except SuiteError as e:
+            raise RecipeError(f"{src}: benchmarks.{i}.suite: {e}") from None
+    for name, st in r.stages.items():
+        if isinstance(st, GRPOStage) and st.local_eval_suite:
+            from posttrain.suites import SuiteError, load_suite
+            try:
+                load_suite(suite_ref(st.local_eval_suite, path))
+            except SuiteError as e:
+                raise RecipeError(f"{src}: stages.{name}.local_eval_suite: {e}") from None
     for i, ex in enumerate(r.cfg.exports):
         if ex.stage not in names:
             raise RecipeError(f"{src}: exports.{i}.stage: no stage named {ex.stage!r} (stages: {', '.join(names)})")

@@ -393,6 +393,8 @@ def write_report(run_dir: str | Path) -> Path:
         if title != EVAL_PLOT:
             parts += [f"<h2>{html.escape(title)}</h2>", img(title)]
 
+    from posttrain.harness import suite_html  # issue 20: benchmark suites, when `posttrain eval --suite` ran
+    parts.append(suite_html(run_dir))
     parts.append("<h2>Exports</h2>")
     exports = sorted(p for p in (run_dir / "exports").glob("*") if p.is_dir() and not p.name.startswith("."))
     if exports:

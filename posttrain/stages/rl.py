@@ -364,6 +364,7 @@ def grpo_config(st, output_dir, reward_weights: list[float], stop_token_ids: lis
 
 
 def run(ctx: StageContext) -> dict:
+    from posttrain.stages.local_eval import local_eval_callbacks
     st = ctx.stage
     if ctx.mix.format != "prompt":
         raise ValueError(f"{ctx.mix.manifest['mix']}: GRPO needs prompt rows with ground_truth, got {ctx.mix.format!r}")
@@ -398,7 +399,7 @@ def run(ctx: StageContext) -> dict:
     trainer = ActiveGRPOTrainer(
         model=model, args=args, reward_funcs=funcs, train_dataset=Dataset.from_list(rows), processing_class=tok,
         queue=queue, prompt_rows=rows, active=st.active_sampling, solve_threshold=st.solve_threshold,
-        reward_crash_limit=st.reward_crash_limit, callbacks=[tput])
+        reward_crash_limit=st.reward_crash_limit, callbacks=[tput, *local_eval_callbacks(ctx, tok)])
     log.info("%s: %d prompts, %d prompts x %d rollouts per step, engine %s, lr %g", ctx.name, len(rows),
              st.prompts_per_step, st.rollouts_per_prompt, st.engine, st.learning_rate)
     # train

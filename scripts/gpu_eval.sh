@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# GPU job for benchmark suites: the Think suite (offline fixture shards) through lm-eval's vLLM
+# backend on a 1B-class random Olmo Hybrid export (tests/gpu/test_suite_vllm.py); the wall time
+# lands in $OUT/suite_vllm.json for benchmarks/RESULTS.md.
+#
+# Needs vLLM, transformers 5.23 and lm-eval in /tmp/site, staged as for scripts/gpu_export.sh
+# (../shared/device/stage-wheels.sh train vllm, plus `pip download lm-eval==0.4.13` and its deps).
+# Time: one vLLM engine per seed (2), each ~10 s to start plus GDN kernel autotuning on the first
+# generate (~1 min): budget ~5 minutes.
+set -euo pipefail
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+python3 -m pytest tests/gpu/test_suite_vllm.py -m gpu -q -s -p no:cacheprovider -rs 2>&1 | tee "$out/gpu_suite_tests.log"
+exit "${PIPESTATUS[0]}"
