@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from packing import markdown_table  # noqa: E402
 
 from posttrain.metrics import read_metrics  # noqa: E402
+from posttrain.rundir import RunDir  # noqa: E402
 
 KEYS = ("tokens_per_s", "mfu", "loss", "time/generation_s", "time/weight_sync_s", "time/train_s", "time/step_s",
         "time/generation_frac", "rollout/new_tokens_per_s", "sampling/kl_k3", "sampling/sampling_logp_difference/mean",
@@ -57,9 +58,7 @@ def summarize(records: list[dict], gpus: int, warmup: int = 2) -> dict:
 
 def find_metrics(run: Path, stage: str) -> Path:
     """RUN/STAGE/metrics.jsonl of a finished stage, else the newest attempt's; one-line error if none."""
-    done = run / stage / "metrics.jsonl"
-    tries = sorted((run / ".work").glob(f"{stage}-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
-    path = done if done.is_file() else (tries[-1] if tries else None)
+    path = RunDir(run).metrics_file(stage)
     if path is None:
         raise SystemExit(f"{run}: no metrics.jsonl for stage {stage!r}: it logged no step")
     return path

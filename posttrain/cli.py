@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from posttrain.rundir import RunDir
+
 log = logging.getLogger("posttrain")
 
 
@@ -58,9 +60,9 @@ def cmd_run(args) -> int:
     t0 = time.time()
     results = pipe.run(args.stage, args.start, args.force)
     print(f"\nfinished in {time.time() - t0:.0f} s; outputs in {recipe.output_dir}"
-          f" (report: {recipe.output_dir / 'report.html'})")
-    print(_table([[r["stage"], r["action"], _fmt(r.get("seconds")), _fmt(r.get("train_loss")),
-                   _fmt(r.get("base_accuracy")), _fmt(r.get("accuracy"))] for r in results],
+          f" (report: {RunDir(recipe.output_dir).report_file})")
+    print(_table([[r.stage, r.action, _fmt(r.seconds), _fmt(r.summary.train_loss),
+                   _fmt(r.summary.base_accuracy), _fmt(r.summary.accuracy)] for r in results],
                  ["stage", "action", "seconds", "train loss", "accuracy before", "accuracy after"]))
     return 0
 
@@ -88,16 +90,16 @@ def _print_estimates(recipe, plans, gpus: int | None, zero: int | None, gpu_gb: 
 
 
 def cmd_stages(args) -> int:
-    from posttrain.pipeline import Pipeline, read_done
+    from posttrain.pipeline import Pipeline
     recipe = _load(args)
     pipe = Pipeline(recipe)
     rows = []
     for p in pipe.plan():
         st = pipe.status(p.name, p.key)
-        done = read_done(pipe.stage_dir(p.name)) or {}
-        s = done.get("summary", {})
-        metric = f"accuracy {s['accuracy']:.3f}" if "accuracy" in s else (
-            f"train loss {s['train_loss']:.4g}" if s.get("train_loss") is not None else "")
+        done = pipe.run_dir.done(p.name)
+        s = done.summary if done else None
+        metric = "" if s is None else f"accuracy {s.accuracy:.3f}" if s.accuracy is not None else (
+            f"train loss {s.train_loss:.4g}" if s.train_loss is not None else "")
         rows.append([p.name, p.kind, st, pipe.stage_dir(p.name) if done else "", metric])
     print(_table(rows, ["stage", "kind", "status", "output", "headline metric"]))
     return 0

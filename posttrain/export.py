@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from posttrain.data.templates import EOS, FAMILIES, IM_END, TEMPLATES, generation_prefix
+from posttrain.rundir import RunDir, StageDone, read_json, replace_dir, saved_template, write_json
 
 log = logging.getLogger("posttrain")
 
@@ -56,7 +57,7 @@ def training_template(stage_model: Path, kind: str) -> str:
     """The template the trainer renders `kind` conversations with. Built-in Olmo templates come
     in both kinds; a recipe's own Jinja template ships as trained, and only if it opens the
     assistant turn the way `kind` says."""
-    saved = _saved_template(stage_model)
+    saved = saved_template(stage_model)
     if not saved:
         return TEMPLATES[f"olmo-{kind}"]
     builtin = next((n for n, t in TEMPLATES.items() if t == saved), None)
@@ -76,31 +77,21 @@ def shipped_template(template: str) -> str:
     return template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 
 
-def _saved_template(model_dir: Path) -> str:
-    p = model_dir / "chat_template.jinja"
-    if p.is_file():
-        return p.read_text()
-    try:
-        return json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template") or ""
-    except (OSError, json.JSONDecodeError):
-        return ""
-
-
 # ---- the export ---------------------------------------------------------------------------------
 def export_stage(run_dir: str | Path, stage: str, kind: str, out: str | Path | None = None,
                  force: bool = False) -> Path:
     """Export RUN/STAGE/model as `kind` into `out` (default RUN/exports/KIND); returns `out`."""
-    from posttrain.pipeline import read_done
     run_dir = Path(run_dir)
     if kind not in KINDS:
         raise ExportError(f"--as {kind}: must be one of {', '.join(KINDS)}")
-    src = run_dir / stage
-    done = read_done(src)
+    rd = RunDir(run_dir)
+    src = rd.stage(stage)
+    done = rd.done(stage)
     if done is None or not (src / "model").is_dir():
-        have = [p.parent.name for p in sorted(run_dir.glob("*/DONE"))] if run_dir.is_dir() else []
+        have = sorted(rd.finished())
         hint = f" (finished stages: {', '.join(have)})" if have else ""
         raise ExportError(f"stage {stage} of {run_dir} has no finished output (no DONE){hint}")
-    out = Path(out) if out is not None else run_dir / "exports" / kind
+    out = Path(out) if out is not None else rd.export(kind)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -111,9 +102,9 @@ def export_stage(run_dir: str | Path, stage: str, kind: str, out: str | Path | N
     try:
         info = _write_export(src, done, kind, tmp)
         info.update(_verify(src / "model", tmp, kind, shown=out))
-        (tmp / "export.json").write_text(json.dumps(info, indent=2))
+        write_json(tmp / "export.json", info)
         _fill_card_verification(tmp / "README.md", info)
-        _swap(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -122,18 +113,7 @@ def export_stage(run_dir: str | Path, stage: str, kind: str, out: str | Path | N
     return out
 
 
-def _swap(tmp: Path, out: Path) -> None:
-    """Put the finished export in place; the old one (if forced) is removed only after."""
-    trash = None
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{time.time_ns()}"
-        out.rename(trash)
-    tmp.rename(out)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def _write_export(src: Path, done: dict, kind: str, dst: Path) -> dict:
+def _write_export(src: Path, done: StageDone, kind: str, dst: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     tok = AutoTokenizer.from_pretrained(src / "model")
     tok.chat_template = shipped_template(training_template(src / "model", kind))
@@ -149,11 +129,11 @@ def _write_export(src: Path, done: dict, kind: str, dst: Path) -> dict:
     model.generation_config = gen
     model.save_pretrained(dst, save_original_format=False)  # vLLM's tensor names
     tok.save_pretrained(dst)
-    trained_kind = "think" if generation_prefix(_saved_template(src / "model")) else "instruct"
+    trained_kind = "think" if generation_prefix(saved_template(src / "model")) else "instruct"
     n_params = sum(p.numel() for p in model.parameters())
     dtype = str(model.dtype).replace("torch.", "")
     del model
-    info = {"run": str(src.parent.resolve()), "stage": src.name, "stage_key": done.get("key"), "kind": kind,
+    info = {"run": str(src.parent.resolve()), "stage": src.name, "stage_key": done.key, "kind": kind,
             "trained_kind": trained_kind, "params": n_params, "dtype": dtype, "exported": time.time(),
             "generation": {"eos_token_id": ends, **SAMPLING[kind]}}
     (dst / "README.md").write_text(model_card(src.parent, src.name, kind, dst, info))
@@ -164,10 +144,11 @@ def _write_export(src: Path, done: dict, kind: str, dst: Path) -> dict:
 def model_card(run_dir: Path, stage: str, kind: str, dst: Path, info: dict) -> str:
     """README.md: where the weights came from (base, recipe, stages, data with hashes, settings),
     how well they do (the eval table), and how to run them."""
-    from posttrain.report import _source_of, _yaml, eval_rows, format_table, read_stage, stage_chain
-    recipe = _yaml(run_dir / "recipe.yaml")
+    from posttrain.report import eval_rows, format_table
+    rd = RunDir(run_dir)
+    recipe = rd.recipe()
     base = (recipe.get("model") or {}).get("name", "?")
-    chain = stage_chain(run_dir, stage)
+    chain = rd.chain(stage)
     name = f"{recipe.get('name', run_dir.name)}-{stage}-{kind}"
     L = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [olmo_hybrid, posttrain, "
          f"{kind}]", "---", f"# {name}", "",
@@ -177,17 +158,17 @@ def model_card(run_dir: Path, stage: str, kind: str, dst: Path, info: dict) -> s
     if info.get("trained_kind") != kind:
         L += [f"> Note: the stages trained with the {info.get('trained_kind')} template; this export ships the {kind} one.", ""]
     L += ["{{VERIFICATION}}", "", "## Recipe", "",
-          f"- recipe: `{_source_of(run_dir) or '?'}` (resolved copy: `recipe.yaml` in the run directory)",
+          f"- recipe: `{rd.source() or '?'}` (resolved copy: `recipe.yaml` in the run directory)",
           f"- base model: `{base}`; chat template: `{recipe.get('chat_template', '?')}`; seed {recipe.get('seed', 0)}",
           f"- stage key of the exported stage: `{info.get('stage_key')}`", "", "## Stages and data", ""]
     L += ["| stage | kind | starts from | train mix | rows | mix sha256 | eval mix | eval sha256 |",
           "|---|---|---|---|---|---|---|---|"]
     hp = []
     for n in chain:
-        s = read_stage(run_dir, n)
-        m = s["manifest"] or {}
+        s = rd.record(n)
+        m = s.manifest or {}
         tr, ev = m.get("train") or {}, m.get("eval") or {}
-        L.append(f"| {n} | {s['kind']} | {(s['stage'] or {}).get('init_from') or base} | {tr.get('name', '?')} "
+        L.append(f"| {n} | {s.kind} | {s.stage.get('init_from') or base} | {tr.get('name', '?')} "
                  f"(`{tr.get('mix', '')}`) | {tr.get('rows', sum(x.get('taken', 0) for x in tr.get('sources', [])) or '?')} "
                  f"| `{tr.get('sha256', '?')}` | {ev.get('name', '')} | {('`' + ev['sha256'] + '`') if ev.get('sha256') else ''} |")
         for src in tr.get("sources", []):
@@ -201,7 +182,7 @@ def model_card(run_dir: Path, stage: str, kind: str, dst: Path, info: dict) -> s
             "prompts_per_step", "epsilon", "epsilon_high", "temperature", "max_completion_length", "rewards",
             "weight_decay", "max_grad_norm", "seed")
     for n in chain:
-        st = read_stage(run_dir, n)["stage"] or {}
+        st = rd.record(n).stage
         items = ", ".join(f"{k}={st[k]}" for k in keep if k in st)
         L.append(f"- **{n}**: {items or '(config.yaml missing)'}")
     rows = [r for r in eval_rows(run_dir) if r["stage"] in ("base", *chain)]
@@ -309,16 +290,12 @@ def _fill_card_verification(card: Path, info: dict) -> None:
 def run_exports(run_dir: str | Path, exports) -> list[Path]:
     """The recipe's `exports:` after a run. An export whose recorded stage key matches the stage's
     current DONE key is up to date and skipped; otherwise it is (re)made, replacing the old one."""
-    from posttrain.pipeline import read_done
-    run_dir, made = Path(run_dir), []
+    rd, made = RunDir(run_dir), []
     for ex in exports:
-        out = Path(ex.out) if ex.out else run_dir / "exports" / ex.kind
-        done = read_done(run_dir / ex.stage) or {}
-        try:
-            old = json.loads((out / "export.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if old.get("stage_key") and old.get("stage_key") == done.get("key") and old.get("kind") == ex.kind:
+        out = Path(ex.out) if ex.out else rd.export(ex.kind)
+        done = rd.done(ex.stage)
+        old = read_json(out / "export.json") or {}
+        if done and old.get("stage_key") == done.key and old.get("kind") == ex.kind:
             log.info("export %s (%s of %s): up to date", out, ex.kind, ex.stage)
         else:
             export_stage(run_dir, ex.stage, ex.kind, out, force=True)

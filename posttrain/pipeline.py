@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
 from posttrain.data.templates import resolve_template
 from posttrain.recipe import Recipe, resolve_file
+from posttrain.rundir import TRAINER, RunDir, StageDone, StageResult, StageSummary, read_done, write_json
 
 log = logging.getLogger("posttrain")
 # Settings that only watch a stage (evals during RL) and never change its model: not in its key.
@@ -39,14 +40,6 @@ class PipelineError(RuntimeError):
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_done(stage_dir: Path) -> dict | None:
-    p = stage_dir / "DONE"
-    try:
-        return json.loads(p.read_text()) if p.is_file() else None
-    except json.JSONDecodeError:
-        return None
 
 
 @dataclass
@@ -66,6 +59,7 @@ class Pipeline:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.out = recipe.output_dir
+        self.run_dir = RunDir(self.out)
         self.template = resolve_template(str(resolve_file(recipe.cfg.chat_template, recipe))
                                          if recipe.cfg.chat_template.endswith((".jinja", ".j2"))
                                          else recipe.cfg.chat_template, recipe.cfg.chat_template_system)
@@ -80,7 +74,7 @@ class Pipeline:
         return self._mixes[ref]
 
     def stage_dir(self, name: str) -> Path:
-        return self.out / name
+        return self.run_dir.stage(name)
 
     def key(self, name: str, parent_key: str | None) -> str:
         st = self.recipe.stages[name]
@@ -94,10 +88,10 @@ class Pipeline:
 
     def status(self, name: str, key: str) -> str:
         done = read_done(self.stage_dir(name))
-        if done and done.get("key") == key:
+        if done and done.key == key:
             return "done"
-        work = self.out / ".work" / f"{name}-{key}"
-        if (work / "DONE").is_file() or any((work / "trainer").glob("checkpoint-*")):
+        work = self.run_dir.work(name, key)
+        if (work / "DONE").is_file() or any((work / TRAINER).glob("checkpoint-*")):
             return "partial"
         return "stale" if done else "pending"
 
@@ -121,7 +115,7 @@ class Pipeline:
                 if st.init_from not in selected or n not in selected:
                     # The input is whatever finished output exists, not what the recipe would make now.
                     done = read_done(self.stage_dir(st.init_from))
-                    parent_key = done["key"] if done else parent_key
+                    parent_key = done.key if done else parent_key
             note, rows = "", None
             try:
                 k = keys[n] = self.key(n, parent_key)
@@ -143,13 +137,13 @@ class Pipeline:
                     action, note = "blocked", (f"starts from '{st.init_from}', which has no finished output in "
                                                f"{self.stage_dir(st.init_from)}: run `posttrain run {self.recipe.source} "
                                                f"--stage {st.init_from}` first")
-                elif pd["key"] != keys[st.init_from]:
+                elif pd.key != keys[st.init_from]:
                     note = f"'{st.init_from}' output is from different settings than the recipe now gives; using it as is"
             plans.append(StagePlan(n, st.kind, k, action, st.init_from, rows, note))
         return plans
 
     # ---- running ------------------------------------------------------------------------------
-    def run(self, only: str | None = None, start: str | None = None, force: bool = False) -> list[dict]:
+    def run(self, only: str | None = None, start: str | None = None, force: bool = False) -> list[StageResult]:
         plans = self.plan(only, start, force)
         blocked = [p for p in plans if p.action == "blocked"]
         if blocked:
@@ -158,23 +152,22 @@ class Pipeline:
         main = PartialState().is_main_process
         self.out.mkdir(parents=True, exist_ok=True)
         if main:
-            (self.out / "recipe.yaml").write_text(self._recipe_yaml())
+            self.run_dir.write_recipe(self._recipe_yaml(), self.recipe.source)
         results = []
         for p in plans:
             if p.note:
                 log.warning("%s: %s", p.name, p.note)
             if p.action == "skip":
-                done = read_done(self.stage_dir(p.name))
                 log.info("%s: up to date (key %s), skipped", p.name, p.key)
-                results.append({"stage": p.name, "action": "skipped", **done.get("summary", {})})
+                results.append(StageResult(p.name, "skipped", self.run_dir.done(p.name).summary))
                 continue
             t0 = time.time()
             summary = self._run_stage(p)
-            results.append({"stage": p.name, "action": "resumed" if p.action == "resume" else "ran",
-                            "seconds": round(time.time() - t0, 1), **summary})
+            results.append(StageResult(p.name, "resumed" if p.action == "resume" else "ran", summary,
+                                       round(time.time() - t0, 1)))
         if not main:
             return results
-        (self.out / "summary.json").write_text(json.dumps(results, indent=2))
+        self.run_dir.write_summary(results)
         from posttrain.export import run_exports
         from posttrain.report import write_report
         ready = [e for e in self.recipe.cfg.exports if read_done(self.stage_dir(e.stage))]
@@ -202,13 +195,13 @@ class Pipeline:
                                b.data_dir, judge, dtype="bfloat16" if cuda else "float32")
             log.info("benchmark suite %s after %s:\n%s", b.suite, b.after, format_summary(summary))
 
-    def _run_stage(self, p: StagePlan) -> dict:
+    def _run_stage(self, p: StagePlan) -> StageSummary:
         from posttrain.stages.common import StageContext
         st = self.recipe.stages[p.name]
-        work = self.out / ".work" / f"{p.name}-{p.key}"
+        work = self.run_dir.work(p.name, p.key)
         if (work / "DONE").is_file():  # finished but the swap was interrupted
-            self._swap_in(p.name, work)
-            return read_done(self.stage_dir(p.name)).get("summary", {})
+            self.run_dir.swap_in(p.name, work)
+            return self.run_dir.done(p.name).summary
         work.mkdir(parents=True, exist_ok=True)
         mix, ev = self.mix(st.mix), self.mix(st.eval.mix)
         ctx = StageContext(recipe=self.recipe, name=p.name, stage=st, work_dir=work,
@@ -217,41 +210,27 @@ class Pipeline:
         log.info("%s (%s): %s, key %s, %d rows from %s", p.name, p.kind,
                  "resuming" if p.action == "resume" else "starting", p.key, len(mix.rows), st.mix)
         t0 = time.time()
-        summary = _stage_module(p.kind).run(ctx)
-        summary["seconds"] = round(time.time() - t0, 1)
+        summary = StageSummary.from_dict(_stage_module(p.kind).run(ctx))
+        summary.seconds = round(time.time() - t0, 1)
         # Under `accelerate launch` every process runs the stage; only the main one finishes it.
         from accelerate import PartialState
         state = PartialState()
         if not state.is_main_process:
             state.wait_for_everyone()
             return summary
-        (work / "config.yaml").write_text(self._recipe_yaml(p.name))
-        (work / "manifest.json").write_text(json.dumps({"train": mix.manifest, "eval": ev.manifest if ev else None},
-                                                       indent=2))
-        shutil.rmtree(work / "trainer", ignore_errors=True)  # optimizer states: only needed to resume
-        tmp = work / "DONE.tmp"
-        tmp.write_text(json.dumps({"key": p.key, "stage": p.name, "kind": p.kind, "finished": time.time(),
-                                   "summary": summary}, indent=2, default=str))
-        tmp.replace(work / "DONE")
-        self._swap_in(p.name, work)
+        self.run_dir.write_recipe(self._recipe_yaml(p.name), self.recipe.source, work / "config.yaml")
+        write_json(work / "manifest.json", {"train": mix.manifest, "eval": ev.manifest if ev else None})
+        shutil.rmtree(work / TRAINER, ignore_errors=True)  # optimizer states: only needed to resume
+        self.run_dir.write_done(work, StageDone(p.key, p.name, p.kind, time.time(), summary, KEY_VERSION))
+        self.run_dir.swap_in(p.name, work)
         state.wait_for_everyone()
         return summary
-
-    def _swap_in(self, name: str, work: Path) -> None:
-        final = self.stage_dir(name)
-        trash = self.out / ".work" / f".old-{name}-{time.time_ns()}"
-        if final.exists():
-            final.rename(trash)
-        work.rename(final)
-        shutil.rmtree(trash, ignore_errors=True)
-        for stale in (self.out / ".work").glob(f"{name}-*"):  # attempts of other settings
-            shutil.rmtree(stale, ignore_errors=True)
 
     def _recipe_yaml(self, stage: str | None = None) -> str:
         r = self.recipe
         d = OmegaConf.to_container(OmegaConf.structured(r.cfg))
         d["stages"] = {n: r.stage_dict(n) for n in r.stages if stage in (None, n)}
-        return f"# resolved from {r.source}\n" + OmegaConf.to_yaml(d)
+        return OmegaConf.to_yaml(d)
 
 
 def _stage_module(kind: str):

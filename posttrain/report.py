@@ -19,69 +19,22 @@ import argparse
 import base64
 import html
 import io
-import json
 import logging
 import math
 import sys
 import time
 from pathlib import Path
 
+from posttrain.rundir import RunDir, StageRecord, read_json, saved_template, write_json, write_text
+
 log = logging.getLogger("posttrain")
 
 
-# ---- reading a run dir --------------------------------------------------------------------------
-def _json(p: Path):
-    try:
-        return json.loads(p.read_text()) if p.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _yaml(p: Path) -> dict:
-    if not p.is_file():
-        return {}
-    from omegaconf import OmegaConf
-    try:
-        return OmegaConf.to_container(OmegaConf.load(p), resolve=False) or {}
-    except Exception:  # a hand-edited or truncated file must not break a report
-        return {}
-
-
-def stage_names(run_dir: Path) -> list[str]:
-    """Stages in recipe order (recipe.yaml); dirs with DONE not in it follow, oldest first."""
-    run_dir = Path(run_dir)
-    names = list((_yaml(run_dir / "recipe.yaml").get("stages") or {}).keys())
-    extra = [p.parent for p in run_dir.glob("*/DONE") if p.parent.name not in names]
-    extra.sort(key=lambda d: (_json(d / "DONE") or {}).get("finished", 0))
-    return names + [d.name for d in extra]
-
-
-def read_stage(run_dir: Path, name: str) -> dict:
-    """Everything a finished (or not) stage left behind, parsed; missing parts are None/empty."""
-    from posttrain.metrics import read_metrics
-    d = Path(run_dir) / name
-    done = _json(d / "DONE")
-    cfg = _yaml(d / "config.yaml")
-    st = (cfg.get("stages") or {}).get(name) or (_yaml(Path(run_dir) / "recipe.yaml").get("stages") or {}).get(name, {})
-    return {"name": name, "dir": d, "done": done, "kind": (done or {}).get("kind") or st.get("kind"),
-            "config": cfg, "stage": st, "manifest": _json(d / "manifest.json"), "evals": _json(d / "evals.json"),
-            "evals_base": _json(d / "evals_base.json"), "metrics": read_metrics(d / "metrics.jsonl") if done else []}
-
-
-def stage_chain(run_dir: Path, name: str) -> list[str]:
-    """The stages a model went through, first to `name`, following init_from."""
-    stages = _yaml(Path(run_dir) / "recipe.yaml").get("stages") or {}
-    chain, cur = [], name
-    while cur is not None and cur not in chain:
-        chain.append(cur)
-        cur = (stages.get(cur) or read_stage(run_dir, cur)["stage"] or {}).get("init_from")
-    return chain[::-1]
-
-
-def stage_time_tokens(s: dict, run_summary: dict | None = None) -> tuple[float | None, float | None, float | None]:
+# ---- the eval table ----------------------------------------------------------------------------
+def stage_time_tokens(s: StageRecord, run_summary: dict | None = None) -> tuple[float | None, float | None, float | None]:
     """(seconds, tokens, mean tokens/s) of a stage from what it logged."""
-    m = s["metrics"]
-    secs = (run_summary or {}).get("seconds") or ((s["done"] or {}).get("summary") or {}).get("seconds")
+    m = s.metrics
+    secs = (run_summary or {}).get("seconds") or s.summary.seconds
     if secs is None:
         secs = next((r["train_runtime"] for r in reversed(m) if "train_runtime" in r), None)
     if secs is None and len(m) > 1 and "time" in m[0]:
@@ -93,21 +46,20 @@ def stage_time_tokens(s: dict, run_summary: dict | None = None) -> tuple[float |
 
 def eval_rows(run_dir: Path) -> list[dict]:
     """The cross-stage eval table: base model (if evaluated), then each finished stage."""
-    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
     rows = []
-    stages = [read_stage(run_dir, n) for n in stage_names(run_dir)]
-    base = next((s["evals_base"] for s in stages if s["evals_base"]), None)
+    stages = [rd.record(n) for n in rd.stage_names()]
+    base = next((s.evals_base for s in stages if s.evals_base), None)
     if base:
         rows.append({"stage": "base", "kind": "", **_ev(base)})
     for s in stages:
-        if not s["done"]:
+        if not s.done:
             continue
-        summ = s["done"].get("summary") or {}
-        row = {"stage": s["name"], "kind": s["kind"], **_ev(s["evals"] or {})}
-        if summ.get("pref_accuracy") is not None:
-            row["pref_accuracy"] = summ["pref_accuracy"]
-            row["pref_accuracy_before"] = summ.get("pref_accuracy_before")
-            row["margin"] = summ.get("margin")
+        summ = s.summary
+        row = {"stage": s.name, "kind": s.kind, **_ev(s.evals or {})}
+        if summ.pref_accuracy is not None:
+            row.update(pref_accuracy=summ.pref_accuracy, pref_accuracy_before=summ.pref_accuracy_before,
+                       margin=summ.margin)
         rows.append(row)
     return rows
 
@@ -151,15 +103,6 @@ class ReportError(RuntimeError):
     """One line: what is missing."""
 
 
-def _source_of(run_dir: Path) -> str | None:
-    p = run_dir / "recipe.yaml"
-    if p.is_file():
-        first = p.read_text().splitlines()[:1]
-        if first and first[0].startswith("# resolved from "):
-            return first[0][len("# resolved from "):].strip()
-    return None
-
-
 def eval_run(run_dir: str | Path, stage: str | None = None, eval_mix: str | None = None,
              max_examples: int | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
              base: bool = False) -> list[dict]:
@@ -173,70 +116,57 @@ def eval_run(run_dir: str | Path, stage: str | None = None, eval_mix: str | None
     from posttrain.data.mix import resolve_mix
     from posttrain.evaluate import evaluate_model
     from posttrain.model.load import load_model, load_tokenizer
-    run_dir = Path(run_dir)
-    names = stage_names(run_dir)
+    run_dir, rd = Path(run_dir), RunDir(run_dir)
+    names = rd.stage_names()
     if stage is not None and stage not in names:
         raise ReportError(f"stage {stage} of {run_dir} has no finished output (no DONE)"
                           + (f" (stages: {', '.join(names)})" if names else ""))
-    todo = [read_stage(run_dir, n) for n in ([stage] if stage else names)]
-    if stage is not None and not todo[0]["done"]:
+    todo = [rd.record(n) for n in ([stage] if stage else names)]
+    if stage is not None and not todo[0].done:
         raise ReportError(f"stage {stage} of {run_dir} has no finished output (no DONE)")
-    todo = [s for s in todo if s["done"]]
+    todo = [s for s in todo if s.done]
     if not todo:
         raise ReportError(f"{run_dir}: no finished stages (no */DONE)")
-    source = _source_of(run_dir)
+    source = rd.source()
     mixes: dict[str, list] = {}
 
-    def rows_for(ev_cfg: dict) -> tuple[list, dict]:
-        ref = eval_mix or ev_cfg.get("mix")
+    def rows_for(s: StageRecord):
+        ev_cfg = s.eval_config()
+        ref = eval_mix or ev_cfg.mix
         if not ref:
             return [], ev_cfg
         if ref not in mixes:
             mixes[ref] = resolve_mix(_resolve_mix_path(ref, run_dir, source)).rows
-        n = max_examples if max_examples is not None else ev_cfg.get("max_examples", 200)
-        return mixes[ref][:n], ev_cfg
+        return mixes[ref][:max_examples if max_examples is not None else ev_cfg.max_examples], ev_cfg
 
     def run_one(model, tok, ev_cfg, rows, out: Path, label: str) -> dict:
         with torch.no_grad():
-            ev = evaluate_model(model, tok, rows, max_new_tokens or ev_cfg.get("max_new_tokens", 96),
-                                batch_size or ev_cfg.get("batch_size", 64))
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(ev, indent=2))
-        tmp.replace(out)
+            ev = evaluate_model(model, tok, rows, max_new_tokens or ev_cfg.max_new_tokens,
+                                batch_size or ev_cfg.batch_size)
+        write_json(out, ev)
         log.info("%s: accuracy %.3f, format %.3f, mean length %.1f (n=%d)", label, ev["accuracy"], ev["format"],
                  ev["mean_length"], ev["n"])
         return ev
 
-    recipe = _yaml(run_dir / "recipe.yaml")
+    m, seed = rd.model_config(), rd.recipe().get("seed", 0)
     if base and stage is None:
-        first = read_stage(run_dir, names[0])
-        rows, ev_cfg = rows_for((first["stage"] or {}).get("eval") or {})
-        m = recipe.get("model") or {}
-        if rows and first["done"] and not (first["stage"] or {}).get("init_from"):
-            tok = load_tokenizer(m.get("tokenizer") or m.get("name", "tiny"), _stage_template(first["dir"]))
-            model = load_model(m.get("name", "tiny"), m.get("dtype", "float32"), tokenizer=tok, seed=recipe.get("seed", 0))
-            run_one(model, tok, ev_cfg, rows, first["dir"] / "evals_base.json", "base")
+        first = rd.record(names[0])
+        rows, ev_cfg = rows_for(first)
+        if rows and first.done and not first.stage.get("init_from"):
+            tok = load_tokenizer(m.tokenizer or m.name, saved_template(first.dir / "model"))
+            model = load_model(m.name, m.dtype, tokenizer=tok, seed=seed)
+            run_one(model, tok, ev_cfg, rows, first.dir / "evals_base.json", "base")
             del model
     for s in todo:
-        rows, ev_cfg = rows_for((s["stage"] or {}).get("eval") or {})
+        rows, ev_cfg = rows_for(s)
         if not rows:
-            log.info("%s: no eval mix (stage has none; pass --mix)", s["name"])
+            log.info("%s: no eval mix (stage has none; pass --mix)", s.name)
             continue
-        m = recipe.get("model") or {}
-        tok = load_tokenizer(str(s["dir"] / "model"), _stage_template(s["dir"]))
-        model = load_model(s["dir"] / "model", m.get("dtype", "float32"), m.get("attn_implementation", "sdpa"),
-                           tokenizer=tok)
-        run_one(model, tok, ev_cfg, rows, s["dir"] / "evals.json", s["name"])
+        tok = load_tokenizer(str(s.dir / "model"), saved_template(s.dir / "model"))
+        model = load_model(s.dir / "model", m.dtype, m.attn_implementation, tokenizer=tok)
+        run_one(model, tok, ev_cfg, rows, s.dir / "evals.json", s.name)
         del model
     return eval_rows(run_dir)
-
-
-def _stage_template(stage_dir: Path) -> str:
-    """The template the stage trained with (saved beside its model)."""
-    p = stage_dir / "model" / "chat_template.jinja"
-    if p.is_file():
-        return p.read_text()
-    return (_json(stage_dir / "model" / "tokenizer_config.json") or {}).get("chat_template") or ""
 
 
 # ---- plots --------------------------------------------------------------------------------------
@@ -259,45 +189,45 @@ def _plots(stages: list[dict], evrows: list[dict], times: dict) -> list[tuple[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out = []
-    done = [s for s in stages if s["done"]]
-    with_loss = [s for s in done if _series(s["metrics"], "loss")[0]]
+    done = [s for s in stages if s.done]
+    with_loss = [s for s in done if _series(s.metrics, "loss")[0]]
     if with_loss:
         fig, axes = plt.subplots(1, len(with_loss), figsize=(4.2 * len(with_loss), 3.2), squeeze=False)
         for ax, s in zip(axes[0], with_loss):
-            ax.plot(*_series(s["metrics"], "loss"), marker=".", label="train loss")
-            x, y = _series(s["metrics"], "eval_loss")
+            ax.plot(*_series(s.metrics, "loss"), marker=".", label="train loss")
+            x, y = _series(s.metrics, "eval_loss")
             if x:
                 ax.plot(x, y, "o", label="eval loss")
-            ax.set_title(f"{s['name']} ({s['kind']})")
+            ax.set_title(f"{s.name} ({s.kind})")
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         axes[0][0].set_ylabel("loss")
         out.append(("Training loss per stage", _png(fig)))
-    for s in [s for s in done if s["kind"] == "dpo"]:
-        keys = [k for k in ("rewards/accuracies", "rewards/margins") if _series(s["metrics"], k)[0]]
+    for s in [s for s in done if s.kind == "dpo"]:
+        keys = [k for k in ("rewards/accuracies", "rewards/margins") if _series(s.metrics, k)[0]]
         if not keys:
             continue
         fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
         for ax, k in zip(axes[0], keys):
-            ax.plot(*_series(s["metrics"], k), marker=".")
-            ax.set_title(f"{s['name']}: {k.split('/')[-1]} (train batches)")
+            ax.plot(*_series(s.metrics, k), marker=".")
+            ax.set_title(f"{s.name}: {k.split('/')[-1]} (train batches)")
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        out.append((f"DPO preference accuracy and margin: {s['name']}", _png(fig)))
-    for s in [s for s in done if s["kind"] == "grpo"]:
-        keys = sorted({k for r in s["metrics"] for k in r if k.startswith("reward") and not k.endswith("_std")
+        out.append((f"DPO preference accuracy and margin: {s.name}", _png(fig)))
+    for s in [s for s in done if s.kind == "grpo"]:
+        keys = sorted({k for r in s.metrics for k in r if k.startswith("reward") and not k.endswith("_std")
                        and isinstance(r[k], (int, float))})
         if not keys:
             continue
         fig, ax = plt.subplots(figsize=(7, 3.4))
         for k in keys:
-            ax.plot(*_series(s["metrics"], k), marker=".", label=k)
-        ax.set_title(f"{s['name']}: rewards")
+            ax.plot(*_series(s.metrics, k), marker=".", label=k)
+        ax.set_title(f"{s.name}: rewards")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        out.append((f"GRPO rewards: {s['name']}", _png(fig)))
+        out.append((f"GRPO rewards: {s.name}", _png(fig)))
     ev = [r for r in evrows if r.get("accuracy") is not None]
     if ev:
         fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(ev) + 2), 3.2))
@@ -348,29 +278,30 @@ def _html_table(header: list[str], rows: list[list], cls: str = "") -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN/report.html and return its path."""
     run_dir = Path(run_dir)
-    names = stage_names(run_dir)
+    rd = RunDir(run_dir)
+    names = rd.stage_names()
     if not names:
         raise ReportError(f"{run_dir}: not a run directory (no recipe.yaml and no */DONE)")
-    recipe = _yaml(run_dir / "recipe.yaml")
-    stages = [read_stage(run_dir, n) for n in names]
-    summary = {r.get("stage"): r for r in (_json(run_dir / "summary.json") or []) if isinstance(r, dict)}
-    times = {s["name"]: stage_time_tokens(s, summary.get(s["name"]) if summary.get(s["name"], {}).get("action")
-                                          != "skipped" else None) for s in stages if s["done"]}
+    recipe = rd.recipe()
+    stages = [rd.record(n) for n in names]
+    summary = rd.summary()
+    times = {s.name: stage_time_tokens(s, summary.get(s.name) if summary.get(s.name, {}).get("action")
+                                          != "skipped" else None) for s in stages if s.done}
     evrows = eval_rows(run_dir)
     parts = [f"<h1>Run {html.escape(recipe.get('name') or run_dir.name)}</h1>",
-             f'<p class="sub">{html.escape(str(run_dir.resolve()))} &middot; recipe {html.escape(_source_of(run_dir) or "?")}'
+             f'<p class="sub">{html.escape(str(run_dir.resolve()))} &middot; recipe {html.escape(rd.source() or "?")}'
              f" &middot; base model <code>{html.escape(str((recipe.get('model') or {}).get('name', '?')))}</code>"
              f" &middot; template <code>{html.escape(str(recipe.get('chat_template', '?')))}</code>"
              f" &middot; generated {time.strftime('%Y-%m-%d %H:%M')}</p>"]
 
     rows = []
     for s in stages:
-        summ = (s["done"] or {}).get("summary") or {}
-        secs, tokens, tps = times.get(s["name"], (None, None, None))
-        mix = (s["manifest"] or {}).get("train") or {}
-        rows.append([s["name"], s["kind"] or "", "finished" if s["done"] else "not run",
-                     (s["stage"] or {}).get("init_from") or ("base" if s["done"] else ""),
-                     summ.get("steps", ""), _f(summ.get("train_loss"), 4),
+        summ = s.summary
+        secs, tokens, tps = times.get(s.name, (None, None, None))
+        mix = (s.manifest or {}).get("train") or {}
+        rows.append([s.name, s.kind or "", "finished" if s.done else "not run",
+                     s.stage.get("init_from") or ("base" if s.done else ""),
+                     summ.steps if summ.steps is not None else "", _f(summ.train_loss, 4),
                      _f(secs, 1), f"{int(tokens):,}" if tokens else "", _f(tps, 0),
                      f"{mix.get('name', '')} ({str(mix.get('sha256', ''))[:12]})" if mix else ""])
     parts += ["<h2>Stages</h2>", _html_table(["stage", "kind", "status", "starts from", "steps", "train loss",
@@ -396,11 +327,11 @@ def write_report(run_dir: str | Path) -> Path:
     from posttrain.harness import suite_html  # issue 20: benchmark suites, when `posttrain eval --suite` ran
     parts.append(suite_html(run_dir))
     parts.append("<h2>Exports</h2>")
-    exports = sorted(p for p in (run_dir / "exports").glob("*") if p.is_dir() and not p.name.startswith("."))
+    exports = sorted(p for p in rd.exports_dir.glob("*") if p.is_dir() and not p.name.startswith("."))
     if exports:
         er = []
         for p in exports:
-            info = _json(p / "export.json") or {}
+            info = read_json(p / "export.json") or {}
             v = info.get("verification") or {}
             er.append(f'<tr><td><a href="exports/{html.escape(p.name)}/">{html.escape(p.name)}</a></td>'
                       f"<td>{html.escape(str(info.get('stage', '?')))}</td><td>{html.escape(str(info.get('kind', '?')))}</td>"
@@ -414,11 +345,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>posttrain report: {html.escape(run_dir.name)}"
            f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-    out = run_dir / "report.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(doc)
-    tmp.replace(out)
-    return out
+    return write_text(rd.report_file, doc)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from posttrain.pipeline import Pipeline, read_done
+from posttrain.pipeline import Pipeline
+from posttrain.rundir import read_done
 from posttrain.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,10 +17,10 @@ def test_tiny_recipe_end_to_end_short(tmp_path, monkeypatch):
     short += [f"stages.{s}.eval.max_examples=8" for s in ("sft", "dpo", "rl")]
     recipe = load_recipe("tiny", short)
     results = Pipeline(recipe).run()
-    assert [r["stage"] for r in results] == ["sft", "dpo", "rl"] and all(r["action"] == "ran" for r in results)
+    assert [r.stage for r in results] == ["sft", "dpo", "rl"] and all(r.action == "ran" for r in results)
     for stage in ("sft", "dpo", "rl"):
         d = tmp_path / "run" / stage
-        assert read_done(d)["stage"] == stage
+        assert read_done(d).stage == stage
         assert json.loads((d / "evals.json").read_text())["n"] == 8
         assert (d / "model" / "model.safetensors").is_file()
     rl = [json.loads(x) for x in (tmp_path / "run" / "rl" / "metrics.jsonl").read_text().splitlines()]
@@ -27,4 +28,4 @@ def test_tiny_recipe_end_to_end_short(tmp_path, monkeypatch):
     dpo = [json.loads(x) for x in (tmp_path / "run" / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/margins" in r for r in dpo)
     again = Pipeline(load_recipe("tiny", short)).run()
-    assert all(r["action"] == "skipped" for r in again)
+    assert all(r.action == "skipped" for r in again)

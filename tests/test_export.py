@@ -3,6 +3,7 @@
 A tiny random model saved as a fake finished stage stands in for training (no training here).
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from posttrain import export as ex
 from posttrain import vllm_plugin
 from posttrain.data.templates import EOS, IM_END, TEMPLATES
 from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
+from posttrain.rundir import EVALS, RunDir, StageDone, StageSummary, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CONV = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -29,8 +31,9 @@ def make_run(root: Path, stages=("sft", "dpo"), template="olmo-think") -> Path:
     body = "".join(f"  {n}:\n    kind: {n if n != 'rl' else 'grpo'}\n    mix: data_mixes/tiny/x_{n}.yaml\n"
                    f"    learning_rate: 0.001\n" + (f"    init_from: {stages[i - 1]}\n" if i else "")
                    for i, n in enumerate(stages))
-    (run / "recipe.yaml").write_text(f"# resolved from recipes/fake.yaml\nname: fake\nseed: 0\nmodel:\n  name: tiny\n"
-                                     f"chat_template: {template}\nstages:\n{body}")
+    rd = RunDir(run)
+    rd.write_recipe(f"name: fake\nseed: 0\nmodel:\n  name: tiny\nchat_template: {template}\nstages:\n{body}",
+                    "recipes/fake.yaml")
     for i, n in enumerate(stages):
         d = run / n
         tok = build_tiny_tokenizer(template)
@@ -41,11 +44,9 @@ def make_run(root: Path, stages=("sft", "dpo"), template="olmo-think") -> Path:
                                        f"    max_length: 256\n" + (f"    init_from: {stages[i - 1]}\n" if i else ""))
         mix = {"mix": f"data_mixes/tiny/x_{n}.yaml", "name": f"mix-{n}", "rows": 10, "sha256": f"{n}hash" * 4,
                "sources": [{"path": f"builtin:{n}", "split": "train", "taken": 10, "sha256": f"src{n}" * 8}]}
-        (d / "manifest.json").write_text(json.dumps({"train": mix, "eval": {"name": "ev", "sha256": "evhash" * 8}}))
-        (d / "evals.json").write_text(json.dumps({"n": 4, "accuracy": 0.25 * (i + 1), "format": 1.0,
-                                                  "mean_length": 20.0, "samples": []}))
-        (d / "DONE").write_text(json.dumps({"key": f"key{n}", "stage": n, "kind": n, "finished": 1.0 + i,
-                                            "summary": {"train_loss": 1.0}}))
+        write_json(d / "manifest.json", {"train": mix, "eval": {"name": "ev", "sha256": "evhash" * 8}})
+        write_json(d / EVALS, {"n": 4, "accuracy": 0.25 * (i + 1), "format": 1.0, "mean_length": 20.0, "samples": []})
+        rd.write_done(d, StageDone(f"key{n}", n, n, 1.0 + i, StageSummary(train_loss=1.0)))
     return run
 
 
@@ -193,13 +194,14 @@ def test_run_exports_skips_up_to_date(run, tmp_path):
     t = (out / "export.json").stat().st_mtime_ns
     ex.run_exports(run, cfg)
     assert (out / "export.json").stat().st_mtime_ns == t
-    done = json.loads((run / "sft" / "DONE").read_text())
-    (run / "sft" / "DONE").write_text(json.dumps({**done, "key": "changed"}))
+    rd = RunDir(run)
+    done = rd.done("sft")
+    rd.write_done(rd.stage("sft"), dataclasses.replace(done, key="changed"))
     try:
         ex.run_exports(run, cfg)
         assert json.loads((out / "export.json").read_text())["stage_key"] == "changed"
     finally:
-        (run / "sft" / "DONE").write_text(json.dumps(done))
+        rd.write_done(rd.stage("sft"), done)
 
 
 # ---- vLLM plugin (no vLLM here) -----------------------------------------------------------------

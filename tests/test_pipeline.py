@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.pipeline import Pipeline, PipelineError, read_done
+from posttrain.pipeline import Pipeline, PipelineError
+from posttrain.rundir import read_done
 from posttrain.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def recipe_file(tmp_path):
 def test_run_then_skip_then_rerun_on_override(recipe_file, tmp_path):
     path = recipe_file()
     res = Pipeline(load_recipe(path)).run(only="sft")
-    assert res[0]["action"] == "ran"
+    assert res[0].action == "ran"
     out = tmp_path / "run" / "sft"
     for f in ("DONE", "config.yaml", "manifest.json", "metrics.jsonl", "evals.json", "model/config.json",
               "model/tokenizer_config.json"):
@@ -66,19 +67,19 @@ def test_run_then_skip_then_rerun_on_override(recipe_file, tmp_path):
     assert not (out / "trainer").exists()  # optimizer state is dropped once done
     done = read_done(out)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["train"]["rows"] == 64 and len(done["key"]) == 16
+    assert manifest["train"]["rows"] == 64 and len(done.key) == 16
     assert any("loss" in json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
 
     t = time.time()
     again = Pipeline(load_recipe(path)).run(only="sft")
-    assert again[0]["action"] == "skipped" and time.time() - t < 5
-    assert read_done(out)["key"] == done["key"]
+    assert again[0].action == "skipped" and time.time() - t < 5
+    assert read_done(out).key == done.key
 
     changed = Pipeline(load_recipe(path, ["stages.sft.learning_rate=1e-4"]))
     plan = {p.name: p.action for p in changed.plan()}
     assert plan == {"sft": "run", "sft2": "run"}
-    assert changed.run(only="sft")[0]["action"] == "ran"
-    assert read_done(out)["key"] != done["key"]
+    assert changed.run(only="sft")[0].action == "ran"
+    assert read_done(out).key != done.key
 
 
 def test_dry_plan_and_missing_input(recipe_file, tmp_path):
@@ -127,7 +128,7 @@ def test_resume_after_kill(recipe_file, tmp_path):
     pipe = Pipeline(load_recipe(path))
     assert pipe.plan(only="sft")[0].action == "resume"
     res = pipe.run(only="sft")
-    assert res[0]["action"] == "resumed" and res[0]["steps"] == 12
+    assert res[0].action == "resumed" and res[0].summary.steps == 12
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 1 and max(steps) == 12
-    assert read_done(tmp_path / "run" / "sft")["key"] == pipe.plan(only="sft")[0].key
+    assert read_done(tmp_path / "run" / "sft").key == pipe.plan(only="sft")[0].key

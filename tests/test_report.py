@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from posttrain import report
+from posttrain.rundir import EVALS, EVALS_BASE, METRICS, RunDir, StageDone, StageSummary, write_json
 
 EVAL_MIX = "sources:\n  - path: builtin:arith_think\n    split: test\n    count: 4\n"
 
@@ -38,8 +39,9 @@ def make_run(root: Path, with_models: bool = False) -> Path:
                    f"    eval:\n      mix: {root / 'eval.yaml'}\n      max_examples: 4\n      max_new_tokens: 6\n"
                    f"      batch_size: 4\n" + (f"    init_from: {p}\n" if p else "") for n, k, p in stages)
     run.mkdir()
-    (run / "recipe.yaml").write_text(f"# resolved from recipes/fake.yaml\nname: fake\nseed: 0\nmodel:\n  name: tiny\n"
-                                     f"chat_template: olmo-think\nstages:\n{body}")
+    rd = RunDir(run)
+    rd.write_recipe(f"name: fake\nseed: 0\nmodel:\n  name: tiny\nchat_template: olmo-think\nstages:\n{body}",
+                    "recipes/fake.yaml")
     for i, (n, k, _) in enumerate(stages):
         d = run / n
         d.mkdir()
@@ -48,18 +50,18 @@ def make_run(root: Path, with_models: bool = False) -> Path:
             tok = build_tiny_tokenizer("olmo-think")
             build_tiny_model(tok, seed=i).save_pretrained(d / "model", save_original_format=False)
             tok.save_pretrained(d / "model")
-        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _metrics(n, k)))
-        (d / "evals.json").write_text(json.dumps({"n": 4, "accuracy": 0.2 * (i + 1), "format": 0.9, "mean_length": 30.0 + i}))
-        (d / "manifest.json").write_text(json.dumps({"train": {"name": f"mix-{n}", "sha256": "ab" * 32, "rows": 8}}))
-        summ = {"train_loss": 1.0 / (i + 1), "steps": 10}
+        (d / METRICS).write_text("".join(json.dumps(r) + "\n" for r in _metrics(n, k)))
+        write_json(d / EVALS, {"n": 4, "accuracy": 0.2 * (i + 1), "format": 0.9, "mean_length": 30.0 + i})
+        write_json(d / "manifest.json", {"train": {"name": f"mix-{n}", "sha256": "ab" * 32, "rows": 8}})
+        summ = StageSummary(train_loss=1.0 / (i + 1), steps=10)
         if k == "dpo":
-            summ.update(pref_accuracy_before=0.55, pref_accuracy=0.875, margin_before=0.0, margin=1.5)
-        (d / "DONE").write_text(json.dumps({"key": f"k{i}", "stage": n, "kind": k, "finished": 1.0 + i, "summary": summ}))
-    (run / "sft" / "evals_base.json").write_text(json.dumps({"n": 4, "accuracy": 0.0, "format": 0.0, "mean_length": 50.0}))
-    exp = run / "exports" / "think"
+            summ = StageSummary(train_loss=summ.train_loss, steps=10, pref_accuracy_before=0.55, pref_accuracy=0.875,
+                                margin_before=0.0, margin=1.5)
+        rd.write_done(d, StageDone(f"k{i}", n, k, 1.0 + i, summ))
+    write_json(run / "sft" / EVALS_BASE, {"n": 4, "accuracy": 0.0, "format": 0.0, "mean_length": 50.0})
+    exp = rd.export("think")
     exp.mkdir(parents=True)
-    (exp / "export.json").write_text(json.dumps({"stage": "rl", "kind": "think",
-                                                 "verification": {"max_abs_logit_diff": 0.0}}))
+    write_json(exp / "export.json", {"stage": "rl", "kind": "think", "verification": {"max_abs_logit_diff": 0.0}})
     return run
 
 
@@ -126,3 +128,4 @@ def test_report_renders_in_a_browser(tmp_path):
                     "--disable-component-update", "--no-first-run", f"--screenshot={png}", "--window-size=1200,2000",
                     out.resolve().as_uri()], capture_output=True, timeout=120)
     assert png.is_file() and png.stat().st_size > 20_000  # a blank page is a few kB
+

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from posttrain.pipeline import Pipeline, read_done
+from posttrain.pipeline import Pipeline
+from posttrain.rundir import read_done
 from posttrain.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,11 +63,11 @@ def test_killed_rl_stage_resumes_its_prompt_queue(tmp_path):
     pipe = Pipeline(load_recipe(str(path)))
     assert pipe.plan()[0].action == "resume"
     res = pipe.run()
-    assert res[0]["action"] == "resumed" and res[0]["steps"] == STEPS
+    assert res[0].action == "resumed" and res[0].summary.steps == STEPS
     # Resumed at step 4 with the queue at 4 x PROMPTS: steps 5-6 drew the next prompts, none again.
     # A queue restarted from scratch would end at 2 x PROMPTS.
     done = read_done(tmp_path / "run" / "rl")
-    assert done["summary"]["prompt_queue"]["pos"] == STEPS * PROMPTS, done
+    assert done.summary.prompt_queue["pos"] == STEPS * PROMPTS, done
 
 
 def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):

@@ -3,7 +3,6 @@ end-of-stage save + eval. Stages only talk to each other through output director
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from posttrain.data.mix import ResolvedMix
 from posttrain.metrics import MetricsWriter
 from posttrain.model.load import load_model, load_tokenizer
 from posttrain.recipe import Recipe, StageBase
+from posttrain.rundir import EVALS, EVALS_BASE, METRICS, MODEL, TRAINER, write_json
 
 log = logging.getLogger("posttrain")
 
@@ -33,15 +33,15 @@ class StageContext:
 
     @property
     def trainer_dir(self) -> Path:
-        return self.work_dir / "trainer"
+        return self.work_dir / TRAINER
 
     @property
     def model_dir(self) -> Path:
-        return self.work_dir / "model"
+        return self.work_dir / MODEL
 
     @property
     def metrics(self) -> MetricsWriter:
-        return MetricsWriter(self.work_dir / "metrics.jsonl")
+        return MetricsWriter(self.work_dir / METRICS)
 
     def resume_checkpoint(self) -> str | None:
         """Latest complete trainer checkpoint of this same attempt (the work dir is keyed by config hash).
@@ -115,7 +115,7 @@ def base_eval(ctx: StageContext, model, tokenizer) -> dict:
         return {}
     ev = eval_stage_model(ctx, model, tokenizer, "before (base model)")
     if ev:
-        (ctx.work_dir / "evals_base.json").write_text(json.dumps(ev, indent=2))
+        write_json(ctx.work_dir / EVALS_BASE, ev)
     return ev
 
 
@@ -134,5 +134,5 @@ def finish(ctx: StageContext, trainer, tokenizer) -> dict:
     acc.wait_for_everyone()
     ev = eval_stage_model(ctx, model, tokenizer)
     if ev and acc.is_main_process:
-        (ctx.work_dir / "evals.json").write_text(json.dumps(ev, indent=2))
+        write_json(ctx.work_dir / EVALS, ev)
     return ev

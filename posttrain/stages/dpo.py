@@ -26,6 +26,7 @@ from trl import DPOConfig, DPOTrainer
 from posttrain.data.mix import resolve_mix, rows_hash
 from posttrain.metrics import ThroughputCallback
 from posttrain.recipe import resolve_file
+from posttrain.rundir import RunDir
 from posttrain.launch import world_size
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args
 from posttrain.stages.losses import TRL_LOSS
@@ -310,7 +311,7 @@ def run(ctx: StageContext) -> dict:
     if st.eval_pairs:
         eval_pairs, _ = clean_pairs(resolve_mix(resolve_file(st.eval_pairs, ctx.recipe)).rows, tok, st.max_length,
                                     st.overlong)
-    cache_dir = ctx.recipe.output_dir / ".cache" / ctx.name
+    cache_dir = RunDir(ctx.recipe.output_dir).cache(ctx.name)
 
     def cache_file(pairs: list[dict]):
         # Keyed by the pairs actually trained on (policy rejections change them), not just the mix file,

@@ -55,6 +55,7 @@ def small_hybrid(tok):
 def exported(tmp_path_factory):
     """A fake finished stage holding the small hybrid, exported with `export_stage` (verified on CPU)."""
     from posttrain.export import export_stage
+    from posttrain.rundir import RunDir, StageDone
     from posttrain.model.tiny import build_tiny_tokenizer
     root = tmp_path_factory.mktemp("vllm_export")
     run = root / "run"
@@ -63,9 +64,10 @@ def exported(tmp_path_factory):
     (run / "sft").mkdir(parents=True)
     model.save_pretrained(run / "sft" / "model", save_original_format=False)
     tok.save_pretrained(run / "sft" / "model")
-    (run / "recipe.yaml").write_text("name: gpu\nmodel:\n  name: random\nchat_template: olmo-think\n"
-                                     "stages:\n  sft:\n    kind: sft\n")
-    (run / "sft" / "DONE").write_text(json.dumps({"key": "k", "stage": "sft", "kind": "sft", "summary": {}}))
+    rd = RunDir(run)
+    rd.write_recipe("name: gpu\nmodel:\n  name: random\nchat_template: olmo-think\nstages:\n  sft:\n    kind: sft\n",
+                    "tests/gpu")
+    rd.write_done(rd.stage("sft"), StageDone("k", "sft", "sft"))
     return export_stage(run, "sft", "think")
 
 
