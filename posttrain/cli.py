@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from posttrain.launch import is_main_process
 from posttrain.rundir import RunDir
 
 log = logging.getLogger("posttrain")
@@ -59,12 +60,65 @@ def cmd_run(args) -> int:
         return 0
     t0 = time.time()
     results = pipe.run(args.stage, args.start, args.force)
+    if not is_main_process():
+        return 0
+    rc = finish_run(recipe)
     print(f"\nfinished in {time.time() - t0:.0f} s; outputs in {recipe.output_dir}"
           f" (report: {RunDir(recipe.output_dir).report_file})")
     print(_table([[r.stage, r.action, _fmt(r.seconds), _fmt(r.summary.train_loss),
                    _fmt(r.summary.base_accuracy), _fmt(r.summary.accuracy)] for r in results],
                  ["stage", "action", "seconds", "train loss", "accuracy before", "accuracy after"]))
-    return 0
+    return rc
+
+
+def finish_run(recipe) -> int:
+    """After the stages: the recipe's exports of finished stages, then the report. Either failing
+    is said in one line and leaves every trained stage done (a rerun skips them)."""
+    from posttrain.export import run_exports
+    from posttrain.report import ReportError, write_report
+    rd, rc = RunDir(recipe.output_dir), 0
+    for ex in recipe.cfg.exports:
+        if rd.done(ex.stage) is None:
+            continue
+        try:
+            for path in run_exports(rd.root, [ex]):
+                log.info("export ready: %s", path)
+        except Exception as e:  # any failure: training is done and stays done
+            rc = 1
+            print(f"posttrain: error: export of {ex.stage} as {ex.kind} failed: {e}; the trained stages are kept "
+                  f"(retry: posttrain export {rd.root} --stage {ex.stage} --as {ex.kind} --force)", file=sys.stderr)
+    try:
+        run_benchmarks(recipe)
+    except Exception as e:  # as an export: the trained stages stay done
+        rc = 1
+        print(f"posttrain: error: benchmark suites failed: {e} (retry: posttrain eval {rd.root} --suite ...)",
+              file=sys.stderr)
+    try:
+        log.info("report: %s", write_report(rd.root))
+    except (ReportError, OSError) as e:
+        rc = 1
+        print(f"posttrain: error: report failed: {e} (retry: posttrain report {rd.root})", file=sys.stderr)
+    return rc
+
+
+def run_benchmarks(recipe) -> None:
+    """The recipe's `benchmarks:` suites (off unless listed), on what has finished; cached per model."""
+    from pathlib import Path
+    rd = RunDir(recipe.output_dir)
+    for b in recipe.cfg.benchmarks:
+        import torch
+        from posttrain.harness import format_summary, run_eval
+        from posttrain.recipe import suite_ref
+        if b.after != "exports" and not rd.done(b.after):
+            continue
+        if b.after == "exports" and not any(rd.exports_dir.glob("*/export.json")):
+            continue
+        cuda = torch.cuda.is_available()
+        judge = {"base_url": b.judge_url, "model": b.judge_model} if b.judge_url else None
+        summary = run_eval(rd.root, suite_ref(b.suite, Path(recipe.source)),
+                           None if b.after == "exports" else b.after, b.backend or ("vllm" if cuda else "hf"),
+                           b.data_dir, judge, dtype="bfloat16" if cuda else "float32")
+        log.info("benchmark suite %s after %s:\n%s", b.suite, b.after, format_summary(summary))
 
 
 def _print_estimates(recipe, plans, gpus: int | None, zero: int | None, gpu_gb: float) -> None:
@@ -261,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         args.overrides = list(args.overrides) + rest
     # Under a distributed launch every rank runs this; only the main one talks (others: warnings).
-    from posttrain.launch import rank
-    main_rank = rank() == 0
+    main_rank = is_main_process()
     if not main_rank:
         sys.stdout = open(os.devnull, "w")
     level = (logging.DEBUG if args.verbose else logging.INFO) if main_rank else logging.WARNING

@@ -20,3 +20,9 @@ def local_rank() -> int:
 def world_size() -> int:
     """Processes over all nodes (one per GPU)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """The one process that writes run files and talks (global rank 0); the same answer as
+    accelerate's `PartialState().is_main_process` and the Trainer's `is_world_process_zero`."""
+    return rank() == 0

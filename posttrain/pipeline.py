@@ -1,5 +1,6 @@
 """Runs a recipe's stages in order; decides what to skip, resume or rerun; never leaves a
-half-written stage that looks done.
+half-written stage that looks done. Exports and the report are the CLI's next step
+(`posttrain.cli.finish_run`), outside the training: a failed export never fails a trained stage.
 
 Each stage attempt has a key: a hash of everything that decides its output (the stage's
 resolved settings, the base model settings, the chat template, the data-mix content hashes,
@@ -165,35 +166,9 @@ class Pipeline:
             summary = self._run_stage(p)
             results.append(StageResult(p.name, "resumed" if p.action == "resume" else "ran", summary,
                                        round(time.time() - t0, 1)))
-        if not main:
-            return results
-        self.run_dir.write_summary(results)
-        from posttrain.export import run_exports
-        from posttrain.report import write_report
-        ready = [e for e in self.recipe.cfg.exports if read_done(self.stage_dir(e.stage))]
-        if ready:
-            for path in run_exports(self.out, ready) or []:
-                log.info("export ready: %s", path)
-        self._benchmarks()
-        log.info("report: %s", write_report(self.out))
+        if main:
+            self.run_dir.write_summary(results)
         return results
-
-    def _benchmarks(self) -> None:
-        """The recipe's `benchmarks:` suites (off unless listed), on what has finished; cached per model."""
-        for b in self.recipe.cfg.benchmarks:
-            import torch
-            from posttrain.harness import format_summary, run_eval
-            from posttrain.recipe import suite_ref
-            if b.after != "exports" and not read_done(self.stage_dir(b.after)):
-                continue
-            if b.after == "exports" and not any((self.out / "exports").glob("*/export.json")):
-                continue
-            cuda = torch.cuda.is_available()
-            judge = {"base_url": b.judge_url, "model": b.judge_model} if b.judge_url else None
-            summary = run_eval(self.out, suite_ref(b.suite, Path(self.recipe.source)),
-                               None if b.after == "exports" else b.after, b.backend or ("vllm" if cuda else "hf"),
-                               b.data_dir, judge, dtype="bfloat16" if cuda else "float32")
-            log.info("benchmark suite %s after %s:\n%s", b.suite, b.after, format_summary(summary))
 
     def _run_stage(self, p: StagePlan) -> StageSummary:
         from posttrain.stages.common import StageContext

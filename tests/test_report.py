@@ -129,3 +129,20 @@ def test_report_renders_in_a_browser(tmp_path):
                     out.resolve().as_uri()], capture_output=True, timeout=120)
     assert png.is_file() and png.stat().st_size > 20_000  # a blank page is a few kB
 
+
+def test_failed_export_after_a_run_says_so_and_keeps_the_stages(tmp_path, monkeypatch, capsys):
+    import types
+
+    from posttrain import cli, export
+    run = make_run(tmp_path)
+    before = (run / "rl" / "DONE").read_bytes()
+
+    def broken(run_dir, exports):
+        raise export.ExportError("reloaded logits differ")
+    monkeypatch.setattr(export, "run_exports", broken)
+    recipe = types.SimpleNamespace(output_dir=run, cfg=types.SimpleNamespace(
+        exports=[types.SimpleNamespace(stage="rl", kind="think", out=None)]))
+    assert cli.finish_run(recipe) == 1
+    err = capsys.readouterr().err
+    assert "export of rl as think failed: reloaded logits differ" in err and "posttrain export" in err
+    assert (run / "rl" / "DONE").read_bytes() == before and (run / "report.html").is_file()
