@@ -131,16 +131,19 @@ def _print_estimates(recipe, plans, gpus: int | None, zero: int | None, gpu_gb: 
     params = config_params(config)
     print(f"\nestimate: {params:,} parameters, {gpus} GPU(s) of {gpu_gb:g} GB, ZeRO-{zero}"
           + (f" ({note})" if note else ""))
-    rows = []
+    rows, notes = [], []
     for p in plans:
         st = recipe.stages[p.name]
-        steps, tokens = stage_steps(st, p.rows)
+        steps, tokens, warnings = stage_steps(st, p.rows, gpus)
+        notes += [f"{p.name}: {w}" for w in warnings]
         m = stage_estimate(config, st, gpus, zero, gpu_gb, params=params)
         rows.append([p.name, _fmt(steps) or "?", f"{tokens:,}", f"{m.weights_gb + m.grads_gb + m.optimizer_gb:.1f}",
                      f"{m.activations_gb:.1f}", f"{m.logits_gb:.1f}", f"{m.rollout_engine_gb:.1f}",
                      f"{m.total_gb:.1f}" + (" (over)" if m.total_gb > gpu_gb else "")])
     print(_table(rows, ["stage", "steps", "tokens/step (max)", "weights+grads+optim GB", "activations GB",
                         "logits GB", "rollout engine GB", "total GB/GPU"]))
+    for n in notes:
+        print(f"warning: {n}")
 
 
 def cmd_stages(args) -> int:

@@ -177,12 +177,11 @@ def model_card(run_dir: Path, stage: str, kind: str, dst: Path, info: dict) -> s
     if hp:
         L += ["", "Sources:", ""] + hp
     L += ["", "## Hyperparameters", ""]
-    keep = ("learning_rate", "lr_scheduler", "warmup_ratio", "num_epochs", "max_steps", "max_length", "batch_tokens",
-            "batch_pairs", "micro_batch_size", "packing", "bf16", "beta", "loss_type", "rollouts_per_prompt",
-            "prompts_per_step", "epsilon", "epsilon_high", "temperature", "max_completion_length", "rewards",
-            "weight_decay", "max_grad_norm", "seed")
+    from posttrain.stages.registry import COMMON_CARD_FIELDS, STAGES
     for n in chain:
-        st = rd.record(n).stage
+        rec = rd.record(n)
+        st = rec.stage
+        keep = COMMON_CARD_FIELDS + (STAGES[rec.kind].card_fields if rec.kind in STAGES else ())
         items = ", ".join(f"{k}={st[k]}" for k in keep if k in st)
         L.append(f"- **{n}**: {items or '(config.yaml missing)'}")
     rows = [r for r in eval_rows(run_dir) if r["stage"] in ("base", *chain)]

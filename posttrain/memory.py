@@ -66,23 +66,13 @@ def estimate(params: int, hidden: int, layers: int, vocab: int, tokens: int, gpu
     return MemoryEstimate(params, w / GB, g / GB, o / GB, act / GB, logits / GB, engine_gb)
 
 
-def stage_tokens(stage) -> int:
-    """Tokens one micro-batch holds on one GPU, from the stage's own fields."""
-    kind = stage.kind
-    if kind == "sft":  # micro_batch_size rows of max_length (packed rows are filled to it)
-        return stage.micro_batch_size * stage.max_length
-    if kind == "dpo":  # packed: one row of max_length; padded: chosen + rejected of every pair
-        return stage.max_length if stage.packing else 2 * stage.micro_batch_size * stage.max_length
-    return stage.micro_batch_size * (stage.max_prompt_length + stage.max_completion_length)
-
-
 def stage_estimate(config, stage, gpus: int, zero: int, gpu_gb: float = 80.0, params: int | None = None):
+    """Memory per GPU of a stage: its micro-batch tokens and rollout engine from the stage kind's geometry."""
+    from posttrain.stages.registry import stage_kind
     params = params if params is not None else config_params(config)
-    engine = 0.0
-    if stage.kind == "grpo" and stage.engine == "vllm" and stage.vllm_mode == "colocate":
-        engine = stage.vllm_gpu_memory_utilization * gpu_gb
-    return estimate(params, config.hidden_size, config.num_hidden_layers, config.vocab_size, stage_tokens(stage),
-                    gpus, zero, stage.gradient_checkpointing, engine_gb=engine)
+    geo = stage_kind(stage.kind).geometry(stage, gpus)
+    return estimate(params, config.hidden_size, config.num_hidden_layers, config.vocab_size, geo.micro_tokens,
+                    gpus, zero, stage.gradient_checkpointing, engine_gb=geo.engine_fraction * gpu_gb)
 
 
 def model_config(name: str):
@@ -103,15 +93,9 @@ def model_config(name: str):
         return OlmoHybridConfig(), f"{name} not available offline: assumed OlmoHybridConfig defaults (7B shapes)"
 
 
-def stage_steps(stage, rows: int | None) -> tuple[int | None, int]:
-    """Optimizer steps (None when the data is not resolved) and at most how many tokens one step trains on."""
-    if stage.kind == "sft":
-        per_step, tokens = max(1, stage.batch_tokens // stage.max_length), stage.batch_tokens
-    elif stage.kind == "dpo":
-        per_step, tokens = stage.batch_pairs, stage.batch_pairs * 2 * stage.max_length
-    else:
-        per_step = max(1, stage.prompts_per_step // stage.mini_batches)  # each mini-batch is an optimizer step
-        tokens = per_step * stage.rollouts_per_prompt * (stage.max_prompt_length + stage.max_completion_length)
-    if stage.max_steps > 0:
-        return stage.max_steps, tokens
-    return (None if rows is None else max(1, int(rows * stage.num_epochs) // per_step)), tokens
+def stage_steps(stage, rows: int | None, gpus: int = 1) -> tuple[int | None, int, list[str]]:
+    """Optimizer steps (None when the data is not resolved), at most how many tokens one step trains
+    on, and the geometry's warnings: the same arithmetic the stage runs with."""
+    from posttrain.stages.registry import stage_kind
+    geo = stage_kind(stage.kind).geometry(stage, gpus)
+    return geo.steps(rows, stage.num_epochs, stage.max_steps), geo.tokens_per_step, geo.warnings

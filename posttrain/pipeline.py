@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
 from posttrain.data.templates import resolve_template
 from posttrain.recipe import Recipe, resolve_file
+from posttrain.stages.registry import stage_kind
 from posttrain.rundir import TRAINER, RunDir, StageDone, StageResult, StageSummary, read_done, write_json
 
 log = logging.getLogger("posttrain")
@@ -185,7 +186,7 @@ class Pipeline:
         log.info("%s (%s): %s, key %s, %d rows from %s", p.name, p.kind,
                  "resuming" if p.action == "resume" else "starting", p.key, len(mix.rows), st.mix)
         t0 = time.time()
-        summary = StageSummary.from_dict(_stage_module(p.kind).run(ctx))
+        summary = StageSummary.from_dict(stage_kind(p.kind).run(ctx))
         summary.seconds = round(time.time() - t0, 1)
         # Under `accelerate launch` every process runs the stage; only the main one finishes it.
         from accelerate import PartialState
@@ -207,8 +208,3 @@ class Pipeline:
         d["stages"] = {n: r.stage_dict(n) for n in r.stages if stage in (None, n)}
         return OmegaConf.to_yaml(d)
 
-
-def _stage_module(kind: str):
-    import importlib
-    return importlib.import_module({"sft": "posttrain.stages.sft", "dpo": "posttrain.stages.dpo",
-                                    "grpo": "posttrain.stages.rl"}[kind])

@@ -19,7 +19,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-KINDS = ("sft", "dpo", "grpo")
 
 
 class RecipeError(ValueError):
@@ -175,9 +174,6 @@ class GRPOStage(StageBase):
     """Rows of eval.mix per local eval (ignored with a suite, whose tasks set their own sizes)."""
 
 
-STAGE_TYPES = {"sft": SFTStage, "dpo": DPOStage, "grpo": GRPOStage}
-
-
 @dataclass
 class ExportConfig:
     stage: str = MISSING
@@ -304,14 +300,15 @@ def load_recipe(ref: str, overrides: list[str] | None = None, mixes: dict[str, s
         raise RecipeError(f"{src}: {_one_line(e)}") from None
     if not isinstance(stages_raw, DictConfig) or not stages_raw:
         raise RecipeError(f"{src}: stages: a recipe needs a mapping of stage name -> stage settings")
+    from posttrain.stages.registry import STAGES  # the kinds and their config classes
     stages: dict[str, StageBase] = {}
     for name, body in stages_raw.items():
         where = f"{src}: stages.{name}"
         kind = body.get("kind") if isinstance(body, DictConfig) else None
-        if kind not in STAGE_TYPES:
-            raise RecipeError(f"{where}.kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind not in STAGES:
+            raise RecipeError(f"{where}.kind: must be one of {', '.join(STAGES)}, got {kind!r}")
         try:
-            sc = OmegaConf.merge(OmegaConf.structured(STAGE_TYPES[kind]), body)
+            sc = OmegaConf.merge(OmegaConf.structured(STAGES[kind].config), body)
             missing = sorted(OmegaConf.missing_keys(sc))
             if missing:
                 raise RecipeError(f"{where}.{missing[0]}: required field is missing")

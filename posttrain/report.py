@@ -184,6 +184,35 @@ def _series(metrics: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _stage_plot(s: StageRecord, plot):
+    """A stage kind's own figure (posttrain.stages.registry): its keys one panel each, or every metric
+    with its prefix on one panel; None when the stage logged none of them."""
+    import matplotlib.pyplot as plt
+    if plot.prefix is not None:
+        keys = sorted({k for r in s.metrics for k in r if k.startswith(plot.prefix) and not k.endswith("_std")
+                       and isinstance(r[k], (int, float))})
+        if not keys:
+            return None
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+        for k in keys:
+            ax.plot(*_series(s.metrics, k), marker=".", label=k)
+        ax.set_title(f"{s.name}: {plot.prefix}s")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return fig
+    keys = [k for k in plot.keys if _series(s.metrics, k)[0]]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        ax.plot(*_series(s.metrics, k), marker=".")
+        ax.set_title(f"{s.name}: {k.split('/')[-1]} (train batches)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def _plots(stages: list[dict], evrows: list[dict], times: dict) -> list[tuple[str, str]]:
     import matplotlib
     matplotlib.use("Agg")
@@ -204,30 +233,11 @@ def _plots(stages: list[dict], evrows: list[dict], times: dict) -> list[tuple[st
             ax.legend(fontsize=8)
         axes[0][0].set_ylabel("loss")
         out.append(("Training loss per stage", _png(fig)))
-    for s in [s for s in done if s.kind == "dpo"]:
-        keys = [k for k in ("rewards/accuracies", "rewards/margins") if _series(s.metrics, k)[0]]
-        if not keys:
-            continue
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
-        for ax, k in zip(axes[0], keys):
-            ax.plot(*_series(s.metrics, k), marker=".")
-            ax.set_title(f"{s.name}: {k.split('/')[-1]} (train batches)")
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        out.append((f"DPO preference accuracy and margin: {s.name}", _png(fig)))
-    for s in [s for s in done if s.kind == "grpo"]:
-        keys = sorted({k for r in s.metrics for k in r if k.startswith("reward") and not k.endswith("_std")
-                       and isinstance(r[k], (int, float))})
-        if not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 3.4))
-        for k in keys:
-            ax.plot(*_series(s.metrics, k), marker=".", label=k)
-        ax.set_title(f"{s.name}: rewards")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out.append((f"GRPO rewards: {s.name}", _png(fig)))
+    from posttrain.stages.registry import STAGES
+    for s in done:
+        plot = STAGES[s.kind].plot if s.kind in STAGES else None
+        if plot is not None and (fig := _stage_plot(s, plot)) is not None:
+            out.append((f"{plot.title}: {s.name}", _png(fig)))
     ev = [r for r in evrows if r.get("accuracy") is not None]
     if ev:
         fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(ev) + 2), 3.2))

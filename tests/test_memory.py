@@ -32,8 +32,34 @@ def test_7b_parameter_count_and_steps():
     assert config_params(OlmoHybridConfig()) == 7_430_870_688
     r = load_recipe("olmo-hybrid-7b-think")
     sft, dpo = r.stages["sft"], r.stages["dpo"]
-    assert stage_steps(sft, rows=640) == (int(640 * sft.num_epochs) // 64, 64 * 32768)
-    assert stage_steps(dpo, rows=None) == (None, 128 * 2 * 16384)
+    assert stage_steps(sft, rows=640) == (int(640 * sft.num_epochs) // 64, 64 * 32768, [])
+    assert stage_steps(dpo, rows=None) == (None, 128 * 2 * 16384, [])
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_plan_counts_what_the_stage_runs_and_says_when_sizes_do_not_divide(world, monkeypatch):
+    from posttrain.stages.registry import STAGES
+    r = load_recipe("tiny", ["stages.sft.batch_tokens=9000", "stages.sft.micro_batch_size=5",
+                             "stages.dpo.batch_pairs=30", "stages.rl.micro_batch_size=60", "stages.rl.max_steps=-1"])
+    sft, dpo, rl = (r.stages[n] for n in ("sft", "dpo", "rl"))
+    geo = STAGES["sft"].geometry(sft, world)
+    # 9000 // 256 = 35 rows asked; 5 a micro-batch x world: accumulate 35 // (5 x world)
+    assert geo.grad_accum == 35 // (5 * world) and geo.items_per_step == 5 * geo.grad_accum * world
+    assert any("not a multiple of max_length" in w for w in geo.warnings)
+    assert any("gives" in w for w in geo.warnings) == (35 % (5 * world) != 0)  # 3 devices: 30 rows, not 35
+    steps, tokens, warnings = stage_steps(sft, rows=1000, gpus=world)
+    batches = -(-1000 // (5 * world))
+    assert steps == -(-batches // geo.grad_accum) and tokens == geo.items_per_step * 256 and warnings == geo.warnings
+    g = STAGES["grpo"].geometry(rl, world)
+    assert g.micro_batch == 56 and any("not a multiple of rollouts_per_prompt" in w for w in g.warnings)
+    import posttrain.stages.rl as rl_mod
+    monkeypatch.setattr(rl_mod, "world_size", lambda: world)
+    args = rl_mod.grpo_config(rl, "/tmp/unused", [1.0])
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (g.micro_batch, g.grad_accum)
+    d = STAGES["dpo"].geometry(dpo, world, items_per_micro=16.0)
+    assert d.grad_accum == max(1, round(30 / (16 * world)))
+    assert STAGES["dpo"].geometry(load_recipe("tiny").stages["dpo"], 1).warnings == []
+    assert all(not STAGES[s.kind].geometry(s, 1).warnings for s in load_recipe("tiny").stages.values())
 
 
 def test_dry_run_prints_estimates_without_data(tmp_path, capsys, monkeypatch):

@@ -82,6 +82,12 @@ def fuse_stage_layers(ctx: StageContext, model) -> None:
     log.info("%s: fused layers (fla): %s", ctx.name, fuse_layers(model))
 
 
+def warn_geometry(ctx: StageContext, geo) -> None:
+    """Batch sizes that do not divide: said once at the start, as `--dry-run` says them."""
+    for w in geo.warnings:
+        log.warning("%s: %s", ctx.name, w)
+
+
 def training_args(st: StageBase, out: Path, grad_accum: int, micro_batch: int) -> dict:
     """TrainingArguments shared by every stage, straight from the recipe fields."""
     return dict(

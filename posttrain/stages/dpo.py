@@ -28,7 +28,9 @@ from posttrain.metrics import ThroughputCallback
 from posttrain.recipe import resolve_file
 from posttrain.rundir import RunDir
 from posttrain.launch import world_size
-from posttrain.stages.common import StageContext, finish, load_stage_model, training_args
+from posttrain.recipe import DPOStage
+from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
+from posttrain.stages.registry import Geometry, accumulation
 from posttrain.stages.losses import TRL_LOSS
 
 log = logging.getLogger("posttrain")
@@ -288,6 +290,19 @@ def ref_cache_key(ref_hash: str, data_sha: str, template: str, max_length: int) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def geometry(st: DPOStage, world: int, items_per_micro: float | None = None) -> Geometry:
+    """batch_pairs pairs a step. Padded: micro_batch_size pairs (chosen + rejected rows) a micro-batch;
+    packed: one row of max_length holding `items_per_micro` pairs on average (known once the pairs
+    are tokenized; the dry run assumes micro_batch_size)."""
+    per_micro = items_per_micro or float(st.micro_batch_size)
+    accum, warn = accumulation(st.batch_pairs, per_micro, world, "batch_pairs", rounding=round)
+    if st.packing:
+        return Geometry(max(1, int(per_micro)), accum, world, per_micro, 2 * st.max_length, st.max_length,
+                        warnings=warn)
+    return Geometry(st.micro_batch_size, accum, world, per_micro, 2 * st.max_length,
+                    2 * st.micro_batch_size * st.max_length, warnings=warn)
+
+
 def run(ctx: StageContext) -> dict:
     st = ctx.stage
     if ctx.mix.format != "preference":
@@ -324,7 +339,9 @@ def run(ctx: StageContext) -> dict:
         from posttrain.data.packing import PackedRowBatches
         pairs_per_row = PackedRowBatches(sizes, st.max_length, seed=st.seed).items_per_row
         micro = max(1, int(pairs_per_row))  # reference precompute and eval batches
-    grad_accum = max(1, round(st.batch_pairs / (pairs_per_row * world_size())))
+    geo = geometry(st, world_size(), pairs_per_row)
+    warn_geometry(ctx, geo)
+    grad_accum = geo.grad_accum
     args = DPOConfig(**training_args(st, ctx.trainer_dir, grad_accum, micro),
                      loss_type=[TRL_LOSS[st.loss_type]], beta=st.beta, max_length=st.max_length,
                      truncation_mode="keep_start", precompute_ref_log_probs=True, dataset_num_proc=None)

@@ -31,7 +31,9 @@ from posttrain.metrics import ThroughputCallback
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
 from posttrain.launch import local_rank, rank, world_size
 from posttrain.model.load import end_token_ids
-from posttrain.stages.common import StageContext, finish, load_stage_model, training_args
+from posttrain.recipe import GRPOStage
+from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
+from posttrain.stages.registry import Geometry, accumulation
 from reward.health import check_crashes
 
 log = logging.getLogger("posttrain")
@@ -333,20 +335,36 @@ def save_once(model, tok, path: Path, local_rank: int, timeout_s: float = 3600.0
         time.sleep(1.0)
 
 
-def grpo_config(st, output_dir, reward_weights: list[float], stop_token_ids: list[int] | None = None) -> GRPOConfig:
-    """The recipe's OlmoRL fields as TRL's GRPOConfig: each generation batch of prompts_per_step x
-    rollouts_per_prompt completions is trained in `mini_batches` optimizer steps (open-instruct's
-    num_mini_batches), micro-batches of whole groups. `stop_token_ids`: every end token (`<|im_end|>`
-    and `<|endoftext|>`) goes to vLLM's sampling parameters, not only the tokenizer's eos."""
-    g, ws = st.rollouts_per_prompt, world_size()
-    completions_per_step = st.prompts_per_step * g
-    micro = max(g, st.micro_batch_size - st.micro_batch_size % g)  # whole groups per micro-batch
-    per_generation = max(1, completions_per_step // (micro * ws))  # micro-batches per generation batch
+def geometry(st: GRPOStage, world: int, items_per_micro: float | None = None) -> Geometry:
+    """Each generation batch of prompts_per_step x rollouts_per_prompt completions is trained in
+    `mini_batches` optimizer steps (open-instruct's num_mini_batches), in micro-batches of whole groups
+    (micro_batch_size rounded down to a multiple of the group)."""
+    g = st.rollouts_per_prompt
+    micro = max(g, st.micro_batch_size - st.micro_batch_size % g)
+    per_generation, warn = accumulation(st.prompts_per_step * g, micro, world, "prompts_per_step x rollouts_per_prompt")
     mini = getattr(st, "mini_batches", 1)
     if per_generation % mini:
-        raise ValueError(f"mini_batches {mini}: the {per_generation} micro-batches of {micro} completions a "
-                         "generation batch holds per process do not split evenly; change micro_batch_size")
-    base = training_args(st, output_dir, per_generation // mini, micro)
+        warn.append(f"mini_batches {mini}: the {per_generation} micro-batches of {micro} completions a generation "
+                    "batch holds per process do not split evenly; change micro_batch_size")
+    if micro != st.micro_batch_size:
+        warn.insert(0, f"micro_batch_size {st.micro_batch_size} is not a multiple of rollouts_per_prompt {g}: "
+                       f"{micro} completions a micro-batch")
+    seq = st.max_prompt_length + st.max_completion_length
+    colocated = st.engine == "vllm" and st.vllm_mode == "colocate"
+    return Geometry(micro, max(1, per_generation // mini), world, micro, seq, micro * seq, items_per_data_row=g,
+                    engine_fraction=st.vllm_gpu_memory_utilization if colocated else 0.0, warnings=warn)
+
+
+def grpo_config(st, output_dir, reward_weights: list[float], stop_token_ids: list[int] | None = None) -> GRPOConfig:
+    """The recipe's OlmoRL fields as TRL's GRPOConfig (batch sizes from `geometry`). `stop_token_ids`:
+    every end token (`<|im_end|>` and `<|endoftext|>`) goes to vLLM's sampling parameters, not only
+    the tokenizer's eos."""
+    geo = geometry(st, world_size())
+    g, micro, mini = st.rollouts_per_prompt, geo.micro_batch, getattr(st, "mini_batches", 1)
+    per_generation = geo.grad_accum * mini  # micro-batches per generation batch
+    if any(w.startswith("mini_batches") for w in geo.warnings):
+        raise ValueError(next(w for w in geo.warnings if w.startswith("mini_batches")))
+    base = training_args(st, output_dir, geo.grad_accum, micro)
     vllm = st.engine == "vllm"
     return GRPOConfig(
         **base, num_generations=g, steps_per_generation=per_generation, num_iterations=1, beta=st.beta,
@@ -384,6 +402,7 @@ def run(ctx: StageContext) -> dict:
         log.warning("%s: dropped %d prompts longer than max_prompt_length %d", ctx.name,
                     len(ctx.mix.rows) - len(rows), st.max_prompt_length)
     funcs, weights = build_rewards(st.rewards, generation_prefix(ctx.chat_template))
+    warn_geometry(ctx, geometry(st, world_size()))
     args = grpo_config(st, ctx.trainer_dir, weights, stop_token_ids=end_token_ids(tok))
     queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=world_size())
     resume = ctx.resume_checkpoint()

@@ -17,7 +17,9 @@ from trl import SFTConfig, SFTTrainer
 from posttrain.data.packing import list_lengths, pad_packed_row
 from posttrain.metrics import ThroughputCallback
 from posttrain.launch import world_size
-from posttrain.stages.common import StageContext, base_eval, finish, load_stage_model, training_args
+from posttrain.recipe import SFTStage
+from posttrain.stages.common import StageContext, base_eval, finish, load_stage_model, training_args, warn_geometry
+from posttrain.stages.registry import Geometry, accumulation
 
 log = logging.getLogger("posttrain")
 
@@ -47,14 +49,27 @@ def _messages_only(rows: list[dict]) -> Dataset:
     return Dataset.from_list([{"messages": r["messages"]} for r in rows])
 
 
+def geometry(st: SFTStage, world: int, items_per_micro: float | None = None) -> Geometry:
+    """batch_tokens // max_length rows a step, in micro-batches of micro_batch_size rows (packed rows are
+    filled to max_length, so a row is max_length tokens either way)."""
+    rows_per_step = max(1, st.batch_tokens // st.max_length)
+    accum, warn = accumulation(rows_per_step, st.micro_batch_size, world, "batch_tokens // max_length (rows)")
+    if st.batch_tokens % st.max_length:
+        warn.insert(0, f"batch_tokens {st.batch_tokens} is not a multiple of max_length {st.max_length}: "
+                       f"{rows_per_step} rows a step")
+    return Geometry(st.micro_batch_size, accum, world, st.micro_batch_size, st.max_length,
+                    st.micro_batch_size * st.max_length, warnings=warn)
+
+
 def run(ctx: StageContext) -> dict:
     st = ctx.stage
     if ctx.mix.format != "messages":
         raise ValueError(f"{ctx.mix.manifest['mix']}: SFT needs chat 'messages' rows, got format {ctx.mix.format!r}")
     # setup
     model, tok = load_stage_model(ctx)
-    rows_per_step = max(1, st.batch_tokens // st.max_length)
-    grad_accum = max(1, rows_per_step // (st.micro_batch_size * world_size()))
+    geo = geometry(st, world_size())
+    warn_geometry(ctx, geo)
+    grad_accum = geo.grad_accum
     # Packing: TRL packs rows best-fit-decreasing and its padding-free collator emits
     # cu_seq_lens; our patch makes the GDN state, the conv and attention honour them.
     args = SFTConfig(
