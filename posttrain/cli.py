@@ -152,7 +152,7 @@ def cmd_stages(args) -> int:
     pipe = Pipeline(recipe)
     rows = []
     for p in pipe.plan():
-        st = pipe.status(p.name, p.key)
+        st = pipe.status(p.name, p.key, p.legacy_key)
         done = pipe.run_dir.done(p.name)
         s = done.summary if done else None
         metric = "" if s is None else f"accuracy {s.accuracy:.3f}" if s.accuracy is not None else (

@@ -2,9 +2,11 @@
 half-written stage that looks done. Exports and the report are the CLI's next step
 (`posttrain.cli.finish_run`), outside the training: a failed export never fails a trained stage.
 
-Each stage attempt has a key: a hash of everything that decides its output (the stage's
-resolved settings, the base model settings, the chat template, the data-mix content hashes,
-and the key of the stage it starts from). An attempt trains in `RUN/.work/STAGE-KEY/`, so
+Each stage attempt has a key: a hash of everything that decides its weights (the stage's
+settings less eval, logging and save ones (`recipe.weight_settings`), the base model settings,
+the seed, the chat template, the training data's content hash, and the key of the stage it
+starts from). Changing how a stage is evaluated, logged or checkpointed never retrains it;
+`posttrain eval RUN` re-evaluates. An attempt trains in `RUN/.work/STAGE-KEY/`, so
 resuming after a kill picks up that attempt's own trainer checkpoints and a changed setting
 can never resume from a stale one. When the attempt has written its model, config, manifest,
 metrics and evals, it writes `DONE` (holding the key) and only then replaces `RUN/STAGE/` by
@@ -26,14 +28,16 @@ from omegaconf import OmegaConf
 
 from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
 from posttrain.data.templates import resolve_template
-from posttrain.recipe import Recipe, resolve_file
+from posttrain.recipe import Recipe, resolve_file, weight_settings
 from posttrain.stages.registry import stage_kind
 from posttrain.rundir import TRAINER, RunDir, StageDone, StageResult, StageSummary, read_done, write_json
 
 log = logging.getLogger("posttrain")
-# Settings that only watch a stage (evals during RL) and never change its model: not in its key.
-OBSERVE_ONLY = ("local_eval_every", "local_eval_suite", "local_eval_examples")
-KEY_VERSION = 1  # bump when a code change alters what a stage produces from the same inputs
+# v1 (before this module's v2) also hashed eval, logging and save settings and the eval mix. A
+# finished stage with a v1 DONE whose key the current recipe still gives is done: its DONE is
+# rewritten with the v2 key on the next run instead of retraining it.
+KEY_VERSION = 2  # bump when a code change alters what a stage produces from the same inputs
+V1_LEFT_OUT = ("local_eval_every", "local_eval_suite", "local_eval_examples")  # v1's OBSERVE_ONLY
 
 
 class PipelineError(RuntimeError):
@@ -55,6 +59,8 @@ class StagePlan:
     rows: int | None
     """None: the data mix could not be resolved (dry runs only)"""
     note: str = ""
+    legacy_key: str | None = None
+    """The v1 key the same settings had; a DONE holding it is done (rekeyed when run)."""
 
 
 class Pipeline:
@@ -78,19 +84,21 @@ class Pipeline:
     def stage_dir(self, name: str) -> Path:
         return self.run_dir.stage(name)
 
-    def key(self, name: str, parent_key: str | None) -> str:
+    def key(self, name: str, parent_key: str | None, version: int = KEY_VERSION) -> str:
         st = self.recipe.stages[name]
-        m, e = self.mix(st.mix), self.mix(st.eval.mix)
-        return _sha({
-            "v": KEY_VERSION, "stage": {k: v for k, v in self.recipe.stage_dict(name).items() if k not in OBSERVE_ONLY},
-            "model": OmegaConf.to_container(OmegaConf.structured(self.recipe.cfg.model)),
-            "seed": self.recipe.cfg.seed, "template": self.template,
-            "mix": m.manifest["sha256"], "eval": e.manifest["sha256"] if e else None, "parent": parent_key,
-        })[:16]
+        what = {"v": version, "stage": weight_settings(st),
+                "model": OmegaConf.to_container(OmegaConf.structured(self.recipe.cfg.model)),
+                "seed": self.recipe.cfg.seed, "template": self.template,
+                "mix": self.mix(st.mix).manifest["sha256"], "parent": parent_key}
+        if version == 1:  # what v1 hashed too, to recognise stages finished before v2
+            e = self.mix(st.eval.mix)
+            what.update(stage={k: v for k, v in self.recipe.stage_dict(name).items() if k not in V1_LEFT_OUT},
+                        eval=e.manifest["sha256"] if e else None)
+        return _sha(what)[:16]
 
-    def status(self, name: str, key: str) -> str:
+    def status(self, name: str, key: str, legacy_key: str | None = None) -> str:
         done = read_done(self.stage_dir(name))
-        if done and done.key == key:
+        if done and (done.key == key or (done.key_version == 1 and done.key == legacy_key)):
             return "done"
         work = self.run_dir.work(name, key)
         if (work / "DONE").is_file() or any((work / TRAINER).glob("checkpoint-*")):
@@ -108,28 +116,31 @@ class Pipeline:
                 raise PipelineError(f"{self.recipe.source}: {flag} {s}: no such stage (stages: {', '.join(names)})")
         selected = [only] if only else names[names.index(start):] if start else names
         keys: dict[str, str] = {}
+        legacy: dict[str, str] = {}
         plans = []
         for n in names:
             st = self.recipe.stages[n]
-            parent_key = None
+            parent_key = parent_legacy = None
             if st.init_from:
-                parent_key = keys[st.init_from]
+                parent_key, parent_legacy = keys[st.init_from], legacy[st.init_from]
                 if st.init_from not in selected or n not in selected:
                     # The input is whatever finished output exists, not what the recipe would make now.
                     done = read_done(self.stage_dir(st.init_from))
-                    parent_key = done.key if done else parent_key
+                    if done and done.key not in (parent_key, parent_legacy):
+                        parent_key = parent_legacy = done.key
             note, rows = "", None
             try:
                 k = keys[n] = self.key(n, parent_key)
+                legacy[n] = self.key(n, parent_legacy, version=1)
                 rows = len(self.mix(st.mix).rows)
             except MixError as e:
                 if not dry:
                     raise
-                k = keys[n] = "unresolved"
+                k = keys[n] = legacy[n] = "unresolved"
                 note = f"data not resolved here ({e})"
             if n not in selected:
                 continue
-            status = self.status(n, k)
+            status = self.status(n, k, legacy[n])
             action = {"done": "skip", "partial": "resume"}.get(status, "run")
             if force and action == "skip":
                 action = "run"
@@ -139,9 +150,9 @@ class Pipeline:
                     action, note = "blocked", (f"starts from '{st.init_from}', which has no finished output in "
                                                f"{self.stage_dir(st.init_from)}: run `posttrain run {self.recipe.source} "
                                                f"--stage {st.init_from}` first")
-                elif pd.key != keys[st.init_from]:
+                elif pd.key not in (keys[st.init_from], legacy[st.init_from]):
                     note = f"'{st.init_from}' output is from different settings than the recipe now gives; using it as is"
-            plans.append(StagePlan(n, st.kind, k, action, st.init_from, rows, note))
+            plans.append(StagePlan(n, st.kind, k, action, st.init_from, rows, note, legacy[n]))
         return plans
 
     # ---- running ------------------------------------------------------------------------------
@@ -160,6 +171,11 @@ class Pipeline:
             if p.note:
                 log.warning("%s: %s", p.name, p.note)
             if p.action == "skip":
+                done = self.run_dir.done(p.name)
+                if main and done.key != p.key:  # a v1 DONE of the same settings
+                    self.run_dir.rekey(p.name, p.key, KEY_VERSION)
+                    log.info("%s: finished before stage keys v%d; DONE rekeyed %s -> %s", p.name, KEY_VERSION,
+                             done.key, p.key)
                 log.info("%s: up to date (key %s), skipped", p.name, p.key)
                 results.append(StageResult(p.name, "skipped", self.run_dir.done(p.name).summary))
                 continue

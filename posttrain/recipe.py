@@ -95,6 +95,19 @@ class StageBase:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Settings that decide how a stage is evaluated, logged or checkpointed, never its weights: left out
+# of the stage key (posttrain.pipeline), so changing them does not retrain. A new field belongs here
+# only if a run with any value of it ends with the same weights.
+NOT_WEIGHTS = ("eval", "logging_steps", "save_steps", "eval_pairs", "local_eval_every", "local_eval_suite",
+               "local_eval_examples")
+
+
+def weight_settings(stage: StageBase) -> dict:
+    """A stage's settings that decide its weights (all but NOT_WEIGHTS)."""
+    d = OmegaConf.to_container(OmegaConf.structured(stage), resolve=True)
+    return {k: v for k, v in d.items() if k not in NOT_WEIGHTS}
+
+
 @dataclass
 class SFTStage(StageBase):
     batch_tokens: int = 8192

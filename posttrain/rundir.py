@@ -226,6 +226,18 @@ class RunDir:
     def write_summary(self, results: list[StageResult]) -> None:
         write_json(self.summary_file, [r.to_dict() for r in results])
 
+    def rekey(self, name: str, key: str, key_version: int) -> None:
+        """A finished stage whose key formula changed but whose weights would not: new key in its DONE
+        and in the exports made from it (so they are not remade either)."""
+        done = self.done(name)
+        old = done.key
+        done.key, done.key_version = key, key_version
+        self.write_done(self.stage(name), done)
+        for info_file in self.exports_dir.glob("*/export.json"):
+            info = read_json(info_file) or {}
+            if info.get("stage") == name and info.get("stage_key") == old:
+                write_json(info_file, {**info, "stage_key": key})
+
     def swap_in(self, name: str, attempt: Path) -> None:
         """A finished attempt becomes RUN/STAGE; attempts at other settings are dropped."""
         replace_dir(attempt, self.stage(name))

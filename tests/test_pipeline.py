@@ -1,5 +1,6 @@
 """Pipeline: skip when up to date, rerun on change, resume after a kill, never a half stage that looks done."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.pipeline import Pipeline, PipelineError
-from posttrain.rundir import read_done
+from posttrain.rundir import RunDir, read_done, write_json
 from posttrain.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +133,34 @@ def test_resume_after_kill(recipe_file, tmp_path):
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 1 and max(steps) == 12
     assert read_done(tmp_path / "run" / "sft").key == pipe.plan(only="sft")[0].key
+
+
+def test_eval_logging_and_save_settings_never_retrain_and_v1_runs_stay_done(recipe_file, tmp_path):
+    path = recipe_file()
+    pipe = Pipeline(load_recipe(path))
+    pipe.run(only="sft")
+    out = tmp_path / "run" / "sft"
+    done = read_done(out)
+    weights = (out / "model" / "model.safetensors").read_bytes()
+    quiet = ["stages.sft.eval.max_examples=2", "stages.sft.eval.max_new_tokens=4", "stages.sft.logging_steps=3",
+             "stages.sft.save_steps=1"]
+    other = Pipeline(load_recipe(path, quiet))
+    assert other.plan(only="sft")[0].action == "skip"
+    # and the claim behind it: forced to train with those settings, the weights come out the same
+    assert other.run(only="sft", force=True)[0].action == "ran"
+    assert read_done(out).key == done.key and (out / "model" / "model.safetensors").read_bytes() == weights
+    assert json.loads((out / "evals.json").read_text())["n"] == 2
+
+    # A run finished before key v2: its DONE holds the v1 key of the same settings, and an export made from it.
+    rd = RunDir(tmp_path / "run")
+    v1 = pipe.plan(only="sft")[0].legacy_key
+    rd.write_done(out, dataclasses.replace(read_done(out), key=v1, key_version=1))
+    rd.export("think").mkdir(parents=True)
+    write_json(rd.export("think") / "export.json", {"stage": "sft", "kind": "think", "stage_key": v1})
+    assert [p.action for p in Pipeline(load_recipe(path)).plan()] == ["skip", "run"]
+    assert Pipeline(load_recipe(path)).run(only="sft")[0].action == "skipped"
+    assert (read_done(out).key, read_done(out).key_version) == (done.key, 2)
+    assert json.loads((rd.export("think") / "export.json").read_text())["stage_key"] == done.key
+    # a v1 DONE of other settings is stale, as before
+    rd.write_done(out, dataclasses.replace(read_done(out), key="0" * 16, key_version=1))
+    assert Pipeline(load_recipe(path)).plan(only="sft")[0].action == "run"
