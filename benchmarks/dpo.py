@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from packing import PAD, SIZES, markdown_table, to_device  # noqa: E402
 
 from posttrain.data.packing import IGNORE_INDEX, packed_sequence_logps  # noqa: E402
-from posttrain.model.flops import mfu, train_flops  # noqa: E402
+from posttrain.memory import GB  # noqa: E402
+from posttrain.model.flops import REFERENCE_PEAK, device_peak_flops, mfu, train_flops  # noqa: E402
 from posttrain.model.kernels import kernel_report  # noqa: E402
 from posttrain.model.packing import enable_exact_packing  # noqa: E402
 from posttrain.stages.dpo import PackedPairCollator  # noqa: E402
@@ -147,7 +148,7 @@ def run(policy, ref, opt, steps: list[list[dict]], ref_table: list[list[torch.Te
     flops = train_flops(config, lens)
     return {"real_tokens_per_s": real / total, "step_s": total / len(steps), "pairs_per_step": n_pairs / len(steps),
             "micro_batches_per_step": sum(map(len, steps)) / len(steps), "real_fraction": real / processed,
-            "mfu": mfu(flops, total), "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30
+            "mfu": mfu(flops, total, device_peak_flops() or REFERENCE_PEAK), "peak_mem_gb": torch.cuda.max_memory_allocated() / GB
             if device.type == "cuda" else None, "loss": loss.item()}
 
 

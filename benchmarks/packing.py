@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from posttrain.model.flops import mfu, train_flops  # noqa: E402
+from posttrain.memory import GB  # noqa: E402
+from posttrain.model.flops import REFERENCE_PEAK, device_peak_flops, mfu, train_flops  # noqa: E402
 
 from posttrain.data.packing import IGNORE_INDEX, PackedCollator, best_fit_decreasing  # noqa: E402
 from posttrain.model.kernels import kernel_report  # noqa: E402
@@ -123,8 +124,8 @@ def run(model, opt, batches, docs_of, warmup: int, config, device) -> dict:
         "step_s": total / len(batches),
         "real_fraction": real / processed,
         "tflops": flops / total / 1e12,
-        "mfu": mfu(flops, total),
-        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "mfu": mfu(flops, total, device_peak_flops() or REFERENCE_PEAK),
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / GB if device.type == "cuda" else None,
         "loss": loss.item(),
     }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GB = 2**30
+GB = 2**30  # the one memory unit: "GB" in posttrain (estimates, logged mem/*_gb, benchmarks) is GiB
 # bytes of saved activations per token per hidden unit inside one decoder layer (q/k/v/g and GDN
 # state inputs, MLP up/gate and activations, norms), bf16: a round figure from the 1B profile.
 LAYER_ACT_BYTES = 34

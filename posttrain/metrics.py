@@ -12,10 +12,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from posttrain.launch import rank
-
-# Peak dense bf16 matmul rate we compare against (measured on the GPU machine's H100s).
-H100_BF16_PEAK = 798e12
+from posttrain.launch import is_main_process
+from posttrain.memory import GB
+from posttrain.model.flops import device_peak_flops, mfu
 
 
 def flops_per_token(config, seq_len: int) -> float:
@@ -24,27 +23,9 @@ def flops_per_token(config, seq_len: int) -> float:
     return train_flops(config, [seq_len]) / seq_len
 
 
-def mfu(tokens_per_s: float, fpt: float, peak: float | None, n_devices: int = 1) -> float | None:
-    """Model FLOPs utilisation in [0, 1].
-
-    >>> mfu(1000.0, 6e9, 798e12)
-    0.007518796992481203
-    """
-    if not peak:
-        return None
-    return tokens_per_s * fpt / (peak * n_devices)
-
-
-def device_peak_flops() -> float | None:
-    import torch
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        return H100_BF16_PEAK if ("H100" in name or "H200" in name) else None
-    return None
-
-
 def gpu_memory(torch_cuda=None) -> dict[str, float]:
-    """This process's GPU memory since the last call, in GB (1e9 bytes); {} without CUDA.
+    """This process's GPU memory since the last call, in GB (posttrain.memory.GB: 2^30 bytes, as torch
+    and nvidia-smi count and as the dry run estimates); {} without CUDA.
     `peak_allocated` is torch's caching allocator (the trainer: weights, states, activations);
     `device_used` is the whole device now (also vLLM's pools, NCCL buffers, other processes), the
     figure to hold against the card and the dry run's estimate."""
@@ -56,7 +37,7 @@ def gpu_memory(torch_cuda=None) -> dict[str, float]:
     peak = torch_cuda.max_memory_allocated()
     torch_cuda.reset_peak_memory_stats()  # each logging interval gets its own peak
     free, total = torch_cuda.mem_get_info()
-    return {"mem/peak_allocated_gb": round(peak / 1e9, 2), "mem/device_used_gb": round((total - free) / 1e9, 2)}
+    return {"mem/peak_allocated_gb": round(peak / GB, 2), "mem/device_used_gb": round((total - free) / GB, 2)}
 
 
 class MetricsWriter:
@@ -67,7 +48,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        if rank() != 0:  # one writer under a distributed launch
+        if not is_main_process():  # one writer under a distributed launch
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
@@ -98,7 +79,7 @@ class ThroughputCallback(TrainerCallback):
         self._t = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kw):
-        if not state.is_world_process_zero or not logs:
+        if not is_main_process() or not logs:
             return
         rec = {"stage": self.stage, "step": state.global_step, **{k: v for k, v in logs.items()
                                                                      if isinstance(v, (int, float))}}
@@ -110,7 +91,7 @@ class ThroughputCallback(TrainerCallback):
             if self.doc_len is not None:
                 rec["mfu_doc_len"] = round(self.doc_len(logs), 1)
                 fpt = flops_per_token(self.config, max(1, int(rec["mfu_doc_len"])))
-            m = mfu(tps / self.n_devices, fpt, self.peak)
+            m = mfu(tps / self.n_devices * fpt, 1.0, self.peak)  # one device's work against its peak
             if m is not None:
                 rec["mfu"] = round(m, 4)
         if tokens is not None:

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
 from posttrain.data.templates import resolve_template
+from posttrain.launch import is_main_process
 from posttrain.recipe import Recipe, resolve_file, weight_settings
 from posttrain.stages.registry import stage_kind
 from posttrain.rundir import TRAINER, RunDir, StageDone, StageResult, StageSummary, read_done, write_json
@@ -161,8 +162,7 @@ class Pipeline:
         blocked = [p for p in plans if p.action == "blocked"]
         if blocked:
             raise PipelineError(f"stage '{blocked[0].name}' {blocked[0].note}")
-        from accelerate import PartialState
-        main = PartialState().is_main_process
+        main = is_main_process()
         self.out.mkdir(parents=True, exist_ok=True)
         if main:
             self.run_dir.write_recipe(self._recipe_yaml(), self.recipe.source)
@@ -207,7 +207,7 @@ class Pipeline:
         # Under `accelerate launch` every process runs the stage; only the main one finishes it.
         from accelerate import PartialState
         state = PartialState()
-        if not state.is_main_process:
+        if not is_main_process():
             state.wait_for_everyone()
             return summary
         self.run_dir.write_recipe(self._recipe_yaml(p.name), self.recipe.source, work / "config.yaml")

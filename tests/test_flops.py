@@ -49,14 +49,19 @@ def test_attention_grows_with_document_length_and_stops_at_boundaries():
 def test_mfu():
     assert flops.mfu(798e12, 1.0) == 1.0
     assert flops.mfu(399e12, 2.0) == 0.25
+    assert flops.mfu(1e12, 1.0, None) is None
+
+
+def test_h100_and_h200_share_the_peak_and_unknown_devices_get_no_mfu():
+    names = ["NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", "cpu"]
+    assert [flops.device_peak_flops(n) for n in names] == [798e12, 798e12, 798e12, None, None]
 
 
 def test_logged_flops_per_token_is_the_per_document_count():
     """The trainer log's per-token figure is the same count, per token of a max-length document."""
-    from posttrain.metrics import flops_per_token, mfu
+    from posttrain.metrics import flops_per_token
     c = one_layer("full_attention")
     assert flops_per_token(c, 100) == pytest.approx(flops.train_flops(c, [100]) / 100)
-    assert mfu(1000.0, 6e9, 798e12) == pytest.approx(6e12 / 798e12)
 
 
 def test_throughput_callback_tokens_per_s_and_mfu_at_the_documents_length(tmp_path, monkeypatch):
@@ -95,6 +100,7 @@ def test_gpu_memory_is_per_interval_peak_and_whole_device_use():
         state["peak"], state["resets"] = 0.0, state["resets"] + 1
     cuda = SimpleNamespace(is_available=lambda: True, max_memory_allocated=lambda: state["peak"],
                            reset_peak_memory_stats=reset, mem_get_info=lambda: (41e9, 141e9))
-    assert gpu_memory(cuda) == {"mem/peak_allocated_gb": 30.0, "mem/device_used_gb": 100.0}
+    from posttrain.memory import GB
+    assert gpu_memory(cuda) == {"mem/peak_allocated_gb": round(30e9 / GB, 2), "mem/device_used_gb": round(100e9 / GB, 2)}
     assert state["resets"] == 1 and gpu_memory(cuda)["mem/peak_allocated_gb"] == 0.0
     assert gpu_memory(SimpleNamespace(is_available=lambda: False)) == {}

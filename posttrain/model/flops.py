@@ -64,6 +64,35 @@ def train_flops(config, lengths: Iterable[int]) -> float:
     return 3.0 * sum(sum(forward_flops(config, n).values()) for n in lengths)
 
 
-def mfu(flops: float, seconds: float, peak: float = 798e12) -> float:
-    """Fraction of peak; 798 TFLOP/s is the measured bf16 matmul rate of the GPU machine's H100s."""
+# Dense bf16 matmul rate (FLOP/s) MFU is measured against, by device. 798 TFLOP/s is what a large
+# bf16 matmul reaches on the GPU machine's H100s (benchmarks/RESULTS.md), below the 989 datasheet
+# figure. An H200 is the same GH100 chip with more and faster HBM: the same tensor cores, the same peak.
+PEAK_BF16_FLOPS = {"H100": 798e12, "H200": 798e12}
+REFERENCE_PEAK = PEAK_BF16_FLOPS["H100"]
+
+
+def device_peak_flops(device_name: str | None = None) -> float | None:
+    """The bf16 peak of a device by its name (default: this process's CUDA device); None when it is
+    not one we have measured (CPU, other GPUs): then no MFU is reported rather than a wrong one.
+
+    >>> device_peak_flops("NVIDIA H200"), device_peak_flops("NVIDIA H100 80GB HBM3"), device_peak_flops("cpu")
+    (798000000000000.0, 798000000000000.0, None)
+    """
+    if device_name is None:
+        import torch
+        if not torch.cuda.is_available():
+            return None
+        device_name = torch.cuda.get_device_name()
+    return next((peak for chip, peak in PEAK_BF16_FLOPS.items() if chip in device_name), None)
+
+
+def mfu(flops: float, seconds: float, peak: float | None = REFERENCE_PEAK) -> float | None:
+    """Model FLOPs utilisation: `flops` done in `seconds` as a fraction of `peak` FLOP/s (one device's
+    work against one device's peak); None without a peak.
+
+    >>> mfu(6e12, 1.0, 798e12)
+    0.007518796992481203
+    """
+    if not peak:
+        return None
     return flops / seconds / peak

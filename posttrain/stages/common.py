@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from posttrain.data.mix import ResolvedMix
+from posttrain.launch import is_main_process
 from posttrain.metrics import MetricsWriter
 from posttrain.model.load import load_model, load_tokenizer
 from posttrain.recipe import Recipe, StageBase
@@ -134,11 +135,11 @@ def finish(ctx: StageContext, trainer, tokenizer) -> dict:
     acc = trainer.accelerator
     state = acc.get_state_dict(trainer.model_wrapped)
     model = acc.unwrap_model(trainer.model)
-    if acc.is_main_process:
+    if is_main_process():
         model.save_pretrained(ctx.model_dir, state_dict=state, save_original_format=False)
         tokenizer.save_pretrained(ctx.model_dir)
     acc.wait_for_everyone()
     ev = eval_stage_model(ctx, model, tokenizer)
-    if ev and acc.is_main_process:
+    if ev and is_main_process():
         write_json(ctx.work_dir / EVALS, ev)
     return ev

@@ -27,7 +27,7 @@ from posttrain.data.mix import resolve_mix, rows_hash
 from posttrain.metrics import ThroughputCallback
 from posttrain.recipe import resolve_file
 from posttrain.rundir import RunDir
-from posttrain.launch import world_size
+from posttrain.launch import is_main_process, world_size
 from posttrain.recipe import DPOStage
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
 from posttrain.stages.registry import Geometry, accumulation
@@ -239,7 +239,7 @@ class CachedRefDPOTrainer(DPOTrainer):
                 return dataset.add_column("ref_chosen_logps", saved["chosen"].tolist()).add_column(
                     "ref_rejected_logps", saved["rejected"].tolist())
         chosen, rejected = self._reference_logps(dataset, batch_size)
-        if path is not None and self.accelerator.is_main_process:
+        if path is not None and is_main_process():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             torch.save({"chosen": chosen, "rejected": rejected}, tmp)
