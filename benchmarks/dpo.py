@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from packing import PAD, SIZES, markdown_table, to_device  # noqa: E402
+from packing import fmt_row as packing_row  # noqa: E402
 
 from posttrain.data.packing import IGNORE_INDEX, packed_sequence_logps  # noqa: E402
 from posttrain.memory import GB  # noqa: E402
@@ -222,11 +223,8 @@ def main(argv=None) -> dict:
 
 
 def fmt_row(r: dict) -> str:
-    if "error" in r:
-        return f"{r['mode']:>13}: {r['error']}"
-    return (f"{r['mode']:>13}: {r['real_tokens_per_s']:>9.0f} real tok/s  {100 * r['mfu']:5.1f}% MFU  "
-            f"step {r['step_s']:.2f}s ({r['pairs_per_step']:.0f} pairs)  real {100 * r['real_fraction']:.0f}%  "
-            f"peak {r['peak_mem_gb'] or 0:.1f} GB")
+    step = None if "error" in r else f"{r['step_s']:.2f}s ({r['pairs_per_step']:.0f} pairs)"
+    return packing_row(r, f"{r['mode']:>13}", step)
 
 
 def md_table(results: list[dict], T: int) -> str:

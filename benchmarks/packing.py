@@ -279,11 +279,13 @@ def ratios(results: list[dict]) -> dict[str, float]:
             for a, b in (("packed", "padded"), ("fused", "packed")) for (m, t) in tps if m == a and (b, t) in tps}
 
 
-def fmt_row(r: dict) -> str:
+def fmt_row(r: dict, label: str | None = None, step: str | None = None) -> str:
+    """One result line: real tokens/s, MFU, step time, real fraction and peak memory (or the error)."""
+    label = label or f"{r['mode']:>7} T={r['seq_len']:>6}"
     if "error" in r:
-        return f"{r['mode']:>7} T={r['seq_len']:>6}: {r['error']}"
-    return (f"{r['mode']:>7} T={r['seq_len']:>6}: {r['real_tokens_per_s']:>9.0f} real tok/s  "
-            f"{100 * r['mfu']:5.1f}% MFU  step {r['step_s']:.3f}s  real {100 * r['real_fraction']:.0f}%  "
+        return f"{label}: {r['error']}"
+    return (f"{label}: {r['real_tokens_per_s']:>9.0f} real tok/s  {100 * r['mfu']:5.1f}% MFU  "
+            f"step {step or format(r['step_s'], '.3f') + 's'}  real {100 * r['real_fraction']:.0f}%  "
             f"peak {r['peak_mem_gb'] or 0:.1f} GB")
 
 

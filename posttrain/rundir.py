@@ -87,19 +87,29 @@ def saved_template(model_dir: Path) -> str:
 class StageSummary:
     """A stage's headline figures (DONE's `summary`); None: the stage does not measure it."""
     steps: int | None = None
+    """Optimizer steps taken."""
     train_loss: float | None = None
+    """The trainer's mean training loss."""
     eval_loss: float | None = None
+    """SFT: loss on the held-out eval rows after training."""
     accuracy: float | None = None
     """Held-out task accuracy after the stage (greedy, `reward.math`)."""
     base_accuracy: float | None = None
     """The base model's, measured by the first stage."""
     pref_accuracy_before: float | None = None
+    """DPO: held-out preference accuracy (eval_pairs) before training."""
     pref_accuracy: float | None = None
+    """DPO: the same after training."""
     margin_before: float | None = None
+    """DPO: mean held-out reward margin (chosen - rejected) before training."""
     margin: float | None = None
+    """DPO: the same after training."""
     reward_last: float | None = None
+    """GRPO: the last logged mean reward."""
     prompt_queue: dict | None = None
+    """GRPO: the main process's prompt-queue position (epoch, pos, skipped)."""
     seconds: float | None = None
+    """Wall time of the stage's run function."""
     extra: dict = field(default_factory=dict)
     """Figures a stage kind adds that no reader relies on."""
 
