@@ -177,6 +177,9 @@ class Pipeline:
                     log.info("%s: finished before stage keys v%d; DONE rekeyed %s -> %s", p.name, KEY_VERSION,
                              done.key, p.key)
                 log.info("%s: up to date (key %s), skipped", p.name, p.key)
+                if self.run_dir.record(p.name).stage.get("eval") != self.recipe.stage_dict(p.name)["eval"]:
+                    log.info("%s: eval settings changed; they do not change the weights, so the stage is not "
+                             "rerun: `posttrain eval %s --stage %s` re-evaluates it with them", p.name, self.out, p.name)
                 results.append(StageResult(p.name, "skipped", self.run_dir.done(p.name).summary))
                 continue
             t0 = time.time()

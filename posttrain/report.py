@@ -107,8 +107,9 @@ def eval_run(run_dir: str | Path, stage: str | None = None, eval_mix: str | None
              base: bool = False) -> list[dict]:
     """Re-evaluate finished stages (all, or `stage`), rewrite their evals.json; return the table rows.
 
-    Settings default to each stage's own `eval:` block so numbers stay comparable with the
-    ones the run logged; `eval_mix` puts every stage on one held-out set. `base` also
+    Settings default to each stage's `eval:` block as the last `posttrain run` gave it (changing
+    it does not retrain, so this is how new eval settings take effect), else as the stage ran;
+    `eval_mix` puts every stage on one held-out set. `base` also
     re-evaluates the recipe's base model into the first stage's evals_base.json.
     """
     import torch
@@ -130,7 +131,7 @@ def eval_run(run_dir: str | Path, stage: str | None = None, eval_mix: str | None
     mixes: dict[str, list] = {}
 
     def rows_for(s: StageRecord):
-        ev_cfg = s.eval_config()
+        ev_cfg = rd.eval_config(s.name)
         ref = eval_mix or ev_cfg.mix
         if not ref:
             return [], ev_cfg

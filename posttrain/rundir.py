@@ -185,11 +185,6 @@ class StageRecord:
     def summary(self) -> StageSummary:
         return self.done.summary if self.done else StageSummary()
 
-    def eval_config(self):
-        """The stage's `eval:` block as the recipe's EvalConfig (its defaults fill what is absent)."""
-        from posttrain.recipe import EvalConfig
-        names = {f.name for f in dataclasses.fields(EvalConfig)}
-        return EvalConfig(**{k: v for k, v in (self.stage.get("eval") or {}).items() if k in names})
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -257,6 +252,15 @@ class RunDir:
     # -- reading --
     def recipe(self) -> dict:
         return read_yaml(self.recipe_file)
+
+    def eval_config(self, name: str):
+        """A stage's `eval:` block as the recipe's EvalConfig (its defaults fill what is absent): as the
+        last `posttrain run` gave it (eval settings change without retraining), else as the stage ran."""
+        from posttrain.recipe import EvalConfig
+        latest = ((self.recipe().get("stages") or {}).get(name) or {}).get("eval")
+        block = latest if latest is not None else self.record(name).stage.get("eval") or {}
+        names = {f.name for f in dataclasses.fields(EvalConfig)}
+        return EvalConfig(**{k: v for k, v in block.items() if k in names})
 
     def model_config(self):
         """The run's `model:` block as the recipe's ModelConfig (its defaults fill what is absent)."""

@@ -42,7 +42,7 @@ def test_run_dir_reads_recipe_stages_chain_and_attempt_metrics(tmp_path):
     rd.write_recipe("name: r\nmodel:\n  dtype: bfloat16\nstages:\n  a:\n    kind: sft\n"
                     "    eval: {max_examples: 7}\n  b:\n    kind: dpo\n    init_from: a\n", "recipes/r.yaml")
     assert rd.source() == "recipes/r.yaml" and rd.stage_names() == ["a", "b"] and rd.chain("b") == ["a", "b"]
-    ev = rd.record("a").eval_config()
+    ev = rd.eval_config("a")
     assert ev.max_examples == 7 and ev.max_new_tokens == 96  # the recipe's defaults, not retyped
     m = rd.model_config()
     assert m.dtype == "bfloat16" and m.name == "tiny"
