@@ -97,9 +97,10 @@ class StageBase:
 
 # Settings that decide how a stage is evaluated, logged or checkpointed, never its weights: left out
 # of the stage key (posttrain.pipeline), so changing them does not retrain. A new field belongs here
-# only if a run with any value of it ends with the same weights.
-NOT_WEIGHTS = ("eval", "logging_steps", "save_steps", "eval_pairs", "local_eval_every", "local_eval_suite",
-               "local_eval_examples")
+# only if a run with any value of it ends with the same weights (reward_crash_limit only stops a stage;
+# the local_eval_* ones watch RL without touching it).
+NOT_WEIGHTS = ("eval", "logging_steps", "save_steps", "eval_pairs", "reward_crash_limit", "local_eval_every",
+               "local_eval_suite", "local_eval_examples")
 
 
 def weight_settings(stage: StageBase) -> dict:

@@ -26,7 +26,7 @@ def test_random_model_from_a_config_dir_is_seeded(tmp_path):
     assert (wa == wb).all() and not (wa == wc).all()
     # vLLM must start from a saved copy of these weights, not from the folder that lent its config
     # (or, for a nameless model, the working folder): the 7B GRPO run failed on exactly that.
-    from posttrain.stages.rl import is_checkpoint_dir
+    from posttrain.rollout.vllm_engine import is_checkpoint_dir
     assert is_checkpoint_dir(str(tmp_path / "m")) and not is_checkpoint_dir(a.name_or_path)
 
 

@@ -114,7 +114,7 @@ def test_save_once_has_one_writer_per_node(tmp_path):
     """Every rank starts vLLM from the same folder; only local rank 0 writes it, the others wait."""
     import threading
 
-    from posttrain.stages.rl import save_once
+    from posttrain.rollout.vllm_engine import save_once
     tok = build_tiny_tokenizer("olmo-think")
     model = build_tiny_model(tok)
     path, saves = tmp_path / "init_model-host", []

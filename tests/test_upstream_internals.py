@@ -19,6 +19,7 @@ METHODS = [
     ("trl:GRPOTrainer", "_generate_and_score_completions"),
     ("trl:GRPOTrainer", "training_step"),
     ("trl:GRPOTrainer", "_save_checkpoint"),
+    ("trl:GRPOTrainer", "log"),
     ("transformers.models.olmo_hybrid.modeling_olmo_hybrid:OlmoHybridGatedDeltaNet", "forward"),  # model/packing.py
 ]
 # The same parameters as the parent, where posttrain's override names them.
@@ -30,6 +31,7 @@ OVERRIDES = [
     ("posttrain.stages.rl:ActiveGRPOTrainer", "_generate"),
     ("posttrain.stages.rl:ActiveGRPOTrainer", "_generate_and_score_completions"),
     ("posttrain.stages.rl:ActiveGRPOTrainer", "_save_checkpoint"),
+    ("posttrain.stages.rl:ActiveGRPOTrainer", "log"),
     ("posttrain.model.packing:PackedGatedDeltaNet", "forward"),
 ]
 # Attributes the trainers set on themselves that posttrain reads or writes.

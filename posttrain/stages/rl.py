@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from trl import GRPOConfig, GRPOTrainer
 from posttrain.data.templates import generation_prefix
 from posttrain.metrics import ThroughputCallback
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
+from posttrain.rollout.vllm_engine import prepare_vllm
 from posttrain.launch import local_rank, rank, world_size
 from posttrain.model.load import end_token_ids
 from posttrain.recipe import GRPOStage
@@ -292,49 +292,6 @@ def build_rewards(specs: list[dict], prefix: str):
     return [with_prefix(f, prefix) for f in funcs], weights
 
 
-def prepare_vllm(ctx: StageContext, model, tok) -> None:
-    """vLLM on the hybrid: its sampler and in-process engine settings, the GDN conv loader fix, and
-    a checkpoint on disk in vLLM's naming for the engine to start from."""
-    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # fails on the GPU image
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # CUDA is already up in the trainer
-    from posttrain.vllm_plugin import register
-    register()  # the entry point does this when posttrain is installed; PYTHONPATH runs need it here
-    if not is_checkpoint_dir(model.name_or_path):
-        import socket
-        init = ctx.work_dir / f"init_model-{socket.gethostname()}"  # per node: works without a shared disk
-        save_once(model, tok, init, local_rank())
-        model.name_or_path = str(init)
-
-
-def is_checkpoint_dir(name_or_path: str | None) -> bool:
-    """Whether vLLM can start from this folder: it holds weights. A random or tiny model has no
-    name ("" would resolve to the working folder) and a `random:DIR` model only borrowed DIR's config.
-
-    >>> is_checkpoint_dir(""), is_checkpoint_dir(None), is_checkpoint_dir("/no/such/dir")
-    (False, False, False)
-    """
-    d = Path(name_or_path) if name_or_path else None
-    return bool(d and d.is_dir() and (any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))))
-
-
-def save_once(model, tok, path: Path, local_rank: int, timeout_s: float = 3600.0) -> None:
-    """Save the model for vLLM once per node: local rank 0 writes, then a READY marker; the other ranks
-    of the node wait for it (no process group exists yet to hold a barrier with). A folder without the
-    marker (a save killed halfway) is written again; one with it holds the same weights (same key)."""
-    ready = path / "READY"
-    if local_rank == 0:
-        if not ready.is_file():
-            model.save_pretrained(path, save_original_format=False)
-            tok.save_pretrained(path)
-            ready.touch()
-        return
-    t0 = time.monotonic()
-    while not ready.is_file():
-        if time.monotonic() - t0 > timeout_s:
-            raise TimeoutError(f"{path}: local rank 0 did not finish saving the model for vLLM")
-        time.sleep(1.0)
-
-
 def geometry(st: GRPOStage, world: int, items_per_micro: float | None = None) -> Geometry:
     """Each generation batch of prompts_per_step x rollouts_per_prompt completions is trained in
     `mini_batches` optimizer steps (open-instruct's num_mini_batches), in micro-batches of whole groups
@@ -392,7 +349,7 @@ def run(ctx: StageContext) -> dict:
     # setup
     model, tok = load_stage_model(ctx)
     if st.engine == "vllm" and st.vllm_mode == "colocate":  # a server has its own model and plugin
-        prepare_vllm(ctx, model, tok)
+        prepare_vllm(ctx.work_dir, model, tok)
     plens = [len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True))
              for r in ctx.mix.rows]
     rows = same_columns([r for r, n in zip(ctx.mix.rows, plens) if n <= st.max_prompt_length])
