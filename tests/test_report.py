@@ -141,8 +141,9 @@ def test_failed_export_after_a_run_says_so_and_keeps_the_stages(tmp_path, monkey
         raise export.ExportError("reloaded logits differ")
     monkeypatch.setattr(export, "run_exports", broken)
     recipe = types.SimpleNamespace(output_dir=run, cfg=types.SimpleNamespace(
-        exports=[types.SimpleNamespace(stage="rl", kind="think", out=None)]))
+        exports=[types.SimpleNamespace(stage="rl", kind="think", out=None)], benchmarks=[]))
     assert cli.finish_run(recipe) == 1
     err = capsys.readouterr().err
     assert "export of rl as think failed: reloaded logits differ" in err and "posttrain export" in err
+    assert "benchmark" not in err
     assert (run / "rl" / "DONE").read_bytes() == before and (run / "report.html").is_file()
