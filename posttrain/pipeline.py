@@ -23,7 +23,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
+from posttrain.data.mix import ResolvedMix, SourceUnavailable
+from posttrain.data.validate import reason_counts, resolve_for
 from posttrain.data.templates import resolve_template
 from posttrain.recipe import Recipe, resolve_file
 
@@ -69,22 +70,49 @@ class Pipeline:
         self.template = resolve_template(str(resolve_file(recipe.cfg.chat_template, recipe))
                                          if recipe.cfg.chat_template.endswith((".jinja", ".j2"))
                                          else recipe.cfg.chat_template, recipe.cfg.chat_template_system)
-        self._mixes: dict[str, ResolvedMix] = {}
+        self._mixes: dict[tuple, ResolvedMix] = {}
 
     # ---- inputs -------------------------------------------------------------------------------
-    def mix(self, ref: str | None) -> ResolvedMix | None:
+    def mix(self, ref: str | None, kind: str, who: str, rewards: list | None = None,
+            needs_truth: bool = False) -> ResolvedMix | None:
+        """A data mix resolved and validated for what reads it (posttrain/data/validate.py)."""
         if ref is None:
             return None
-        if ref not in self._mixes:
-            self._mixes[ref] = resolve_mix(resolve_file(ref, self.recipe))
-        return self._mixes[ref]
+        k = (ref, kind, json.dumps(rewards, sort_keys=True, default=str), needs_truth)
+        if k not in self._mixes:
+            self._mixes[k] = resolve_for(resolve_file(ref, self.recipe), kind, who, rewards, needs_truth)
+        return self._mixes[k]
+
+    def train_mix(self, name: str) -> ResolvedMix:
+        st = self.recipe.stages[name]
+        return self.mix(st.mix, st.kind, f"stages.{name}.mix", getattr(st, "rewards", None),
+                        needs_truth=getattr(st, "rejected_from_policy", False))
+
+    def eval_mix(self, name: str) -> ResolvedMix | None:
+        """Held-out rows are scored against their ground_truth (posttrain/evaluate.py)."""
+        return self.mix(self.recipe.stages[name].eval.mix, "eval", f"stages.{name}.eval.mix", needs_truth=True)
+
+    def validate(self, name: str) -> str:
+        """Every mix a stage reads, resolved and checked before any model loads; returns a note
+        on rows that skip_invalid dropped, per reason."""
+        st = self.recipe.stages[name]
+        mixes = [self.train_mix(name), self.eval_mix(name)]
+        if getattr(st, "eval_pairs", None):
+            mixes.append(self.mix(st.eval_pairs, "dpo", f"stages.{name}.eval_pairs"))
+        notes = []
+        for m in filter(None, mixes):
+            counts = reason_counts(m)
+            if counts:
+                notes.append(f"{m.manifest['name']}: dropped {sum(counts.values())} invalid rows ("
+                             + "; ".join(f"{n}: {k}" for k, n in sorted(counts.items(), key=lambda x: -x[1])) + ")")
+        return "; ".join(notes)
 
     def stage_dir(self, name: str) -> Path:
         return self.out / name
 
     def key(self, name: str, parent_key: str | None) -> str:
         st = self.recipe.stages[name]
-        m, e = self.mix(st.mix), self.mix(st.eval.mix)
+        m, e = self.train_mix(name), self.eval_mix(name)
         return _sha({
             "v": KEY_VERSION, "stage": {k: v for k, v in self.recipe.stage_dict(name).items() if k not in OBSERVE_ONLY},
             "model": OmegaConf.to_container(OmegaConf.structured(self.recipe.cfg.model)),
@@ -124,9 +152,10 @@ class Pipeline:
                     parent_key = done["key"] if done else parent_key
             note, rows = "", None
             try:
+                note = self.validate(n)
                 k = keys[n] = self.key(n, parent_key)
-                rows = len(self.mix(st.mix).rows)
-            except MixError as e:
+                rows = len(self.train_mix(n).rows)
+            except SourceUnavailable as e:
                 if not dry:
                     raise
                 k = keys[n] = "unresolved"
@@ -144,7 +173,8 @@ class Pipeline:
                                                f"{self.stage_dir(st.init_from)}: run `posttrain run {self.recipe.source} "
                                                f"--stage {st.init_from}` first")
                 elif pd["key"] != keys[st.init_from]:
-                    note = f"'{st.init_from}' output is from different settings than the recipe now gives; using it as is"
+                    note = "; ".join(filter(None, [note, f"'{st.init_from}' output is from different settings "
+                                                                  "than the recipe now gives; using it as is"]))
             plans.append(StagePlan(n, st.kind, k, action, st.init_from, rows, note))
         return plans
 
@@ -210,7 +240,7 @@ class Pipeline:
             self._swap_in(p.name, work)
             return read_done(self.stage_dir(p.name)).get("summary", {})
         work.mkdir(parents=True, exist_ok=True)
-        mix, ev = self.mix(st.mix), self.mix(st.eval.mix)
+        mix, ev = self.train_mix(p.name), self.eval_mix(p.name)
         ctx = StageContext(recipe=self.recipe, name=p.name, stage=st, work_dir=work,
                            init_dir=self.stage_dir(st.init_from) / "model" if st.init_from else None,
                            chat_template=self.template, mix=mix, eval_rows=ev.rows if ev else [])

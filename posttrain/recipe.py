@@ -11,6 +11,7 @@ an error rather than silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 KINDS = ("sft", "dpo", "grpo")
+# Stage names become directories and dotlist keys: no dots, slashes or leading dashes/dots.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+RESERVED = ("exports",)  # RUN/exports holds the exports
 
 
 class RecipeError(ValueError):
@@ -281,13 +285,20 @@ def load_recipe(ref: str, overrides: list[str] | None = None, mixes: dict[str, s
     try:
         raw = OmegaConf.load(path)
     except Exception as e:  # yaml syntax
-        raise RecipeError(f"{src}: not valid YAML: {_one_line(e)}") from None
+        raise RecipeError(f"{src}: {yaml_error(e)}") from None
     if not isinstance(raw, DictConfig):
         raise RecipeError(f"{src}: a recipe must be a mapping at the top level")
+    written = list((raw.get("stages") or {}).keys()) if isinstance(raw.get("stages"), DictConfig) else []
+    adds_kind = {o.split("=", 1)[0].split(".")[1] for o in overrides or []
+                 if o.startswith("stages.") and o.split("=", 1)[0].count(".") == 2 and o.split("=", 1)[0].endswith(".kind")}
     for o in overrides or []:
         if "=" not in o:
             raise RecipeError(f"{src}: override {o!r} must look like key=value")
         key, _ = o.split("=", 1)
+        parts = key.split(".")
+        if parts[0] == "stages" and len(parts) > 2 and parts[1] not in written and parts[1] not in adds_kind:
+            # Without this the new, kind-less stage would be blamed for its `kind`.
+            raise RecipeError(f"{src}: override {key}: no stage named {parts[1]!r} (stages: {', '.join(map(str, written))})")
         try:
             raw.merge_with(OmegaConf.from_dotlist([o]))
         except OmegaConfBaseException as e:
@@ -330,9 +341,47 @@ def load_recipe(ref: str, overrides: list[str] | None = None, mixes: dict[str, s
     return recipe
 
 
+def yaml_error(e: Exception) -> str:
+    """A YAML error in one line, with its line number and key (a duplicate key names both)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}: not valid YAML: {problem}"
+    return f"not valid YAML: {_one_line(e)}"
+
+
+def _check_numbers(obj: Any, where: str) -> None:
+    from posttrain.data.validate import field_problem
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            _check_numbers(v, f"{where}{f.name}.")
+        elif (problem := field_problem(type(obj).__name__, f.name, v)):
+            raise RecipeError(f"{where}{f.name}: {problem}")
+
+
+def _check_rewards(st: "GRPOStage", where: str) -> None:
+    from reward import build_reward_fn
+    if not st.rewards:
+        raise RecipeError(f"{where}.rewards: a GRPO stage needs at least one reward")
+    for i, spec in enumerate(st.rewards):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise RecipeError(f"{where}.rewards.{i}: must be a mapping with a name, got {spec!r}")
+        w = spec.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w != w or abs(w) == float("inf"):
+            raise RecipeError(f"{where}.rewards.{i}.weight: must be a finite number, got {w!r}")
+        try:
+            build_reward_fn([spec])
+        except (ValueError, TypeError) as e:
+            raise RecipeError(f"{where}.rewards.{i}: {e}") from None
+
+
 def _check(r: Recipe, path: Path) -> None:
     """Cross-field rules that types alone cannot express."""
     src, names = r.source, list(r.stages)
+    if not r.cfg.output_dir and not NAME.fullmatch(r.cfg.name.replace(".", "_")):
+        raise RecipeError(f"{src}: name: {r.cfg.name!r} names the output dir checkpoints/NAME: use letters, digits, "
+                          "'.', '_' and '-' (or set output_dir)")
+    _check_numbers(r.cfg, f"{src}: ")
     from posttrain.data.templates import TEMPLATES
     if r.cfg.chat_template not in TEMPLATES and _resolve_path(r.cfg.chat_template, path) is None:
         raise RecipeError(f"{src}: chat_template: {r.cfg.chat_template!r} is neither a built-in template "
@@ -344,6 +393,14 @@ def _check(r: Recipe, path: Path) -> None:
         raise RecipeError(f"{src}: model.dtype: must be float32 or bfloat16, got {r.cfg.model.dtype!r}")
     for i, (name, st) in enumerate(r.stages.items()):
         where = f"{src}: stages.{name}"
+        if not NAME.fullmatch(name) or name in RESERVED:
+            raise RecipeError(f"{where}: a stage name is a directory and an override key: use letters, digits, "
+                              f"'_' and '-'{' (and not ' + name + ')' if name in RESERVED else ''}")
+        _check_numbers(st, f"{where}.")
+        if isinstance(st, GRPOStage):
+            if st.epsilon_high < st.epsilon:
+                raise RecipeError(f"{where}.epsilon_high: {st.epsilon_high} is below epsilon {st.epsilon}")
+            _check_rewards(st, where)
         if st.init_from is not None and st.init_from not in names[:i]:
             raise RecipeError(f"{where}.init_from: {st.init_from!r} is not an earlier stage (earlier: {names[:i] or 'none'})")
         for key, mix in (("mix", st.mix), ("eval.mix", st.eval.mix)):
@@ -393,7 +450,12 @@ def _check(r: Recipe, path: Path) -> None:
                 load_suite(suite_ref(st.local_eval_suite, path))
             except SuiteError as e:
                 raise RecipeError(f"{src}: stages.{name}.local_eval_suite: {e}") from None
+    outs: dict[str, int] = {}
     for i, ex in enumerate(r.cfg.exports):
+        out = ex.out or f"exports/{ex.kind}"
+        if out in outs:
+            raise RecipeError(f"{src}: exports.{i}: writes {out}, as exports.{outs[out]} does")
+        outs[out] = i
         if ex.stage not in names:
             raise RecipeError(f"{src}: exports.{i}.stage: no stage named {ex.stage!r} (stages: {', '.join(names)})")
         if ex.kind not in ("instruct", "think"):

@@ -28,7 +28,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -43,6 +43,10 @@ _FORMAT_COLUMNS = {"messages", "prompt", "completion", "chosen", "rejected", "so
 
 class MixError(ValueError):
     """A data-mix problem, one line naming the file, source and row."""
+
+
+class SourceUnavailable(MixError):
+    """A hub source that could not be fetched here (offline): a dry run plans without it."""
 
 
 @dataclass
@@ -183,6 +187,10 @@ def _message(m: dict) -> dict:
     (a parquet struct column gives every message every field)."""
     return {"role": m.get("role"), "content": m.get("content"),
             **{k: v for k, v in m.items() if k not in ("role", "content") and v is not None}}
+
+
+def _is_hub_id(path: str) -> bool:
+    return not path.startswith(("builtin:", ".", "/")) and not Path(path).exists()
 
 
 def _as_messages(x: Any, role: str) -> list[dict]:
@@ -363,7 +371,9 @@ def _take(rows: list, n: int, rng: random.Random) -> list:
     return out + rng.sample(rows, n - len(out))
 
 
-def resolve_mix(path: str | Path) -> ResolvedMix:
+def resolve_mix(path: str | Path, check: Callable[[dict], str | None] | None = None) -> ResolvedMix:
+    """`check(row)`: what a consumer finds wrong with a canonical row (posttrain/data/validate.py),
+    or None; such rows fail or are dropped like malformed ones."""
     path = Path(path)
     cfg = load_mix_config(path)
     fmt, rng = cfg.format, random.Random(cfg.seed)
@@ -379,21 +389,26 @@ def resolve_mix(path: str | Path) -> ResolvedMix:
         except MixError as e:
             raise MixError(f"{where}: {e}") from None
         except Exception as e:
-            raise MixError(f"{where}: could not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            err = SourceUnavailable if _is_hub_id(s.path) else MixError
+            raise err(f"{where}: could not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if s.columns:
             raw = [{s.columns.get(k, k): v for k, v in r.items()} if isinstance(r, dict) else r for r in raw]
         src_fmt = _source_format(raw, cfg.format, where)
         if fmt is not None and src_fmt != fmt:
             raise MixError(f"{where}: its columns make it a {src_fmt!r} source, but earlier sources are {fmt!r}")
         fmt = src_fmt
-        good, invalid, filtered = [], 0, 0
+        good, invalid, filtered, reasons = [], 0, 0, {}
         for j, r in enumerate(raw):
             try:
                 c = canonicalize(r, fmt)
+                why = check(c) if check else None
+                if why:
+                    raise ValueError(why)
             except (ValueError, KeyError, TypeError) as e:
                 if not cfg.skip_invalid:
                     raise MixError(f"{where}: row {j}: {e} (set skip_invalid: true to drop such rows)") from None
                 invalid += 1
+                reasons[str(e)[:120]] = reasons.get(str(e)[:120], 0) + 1
                 continue
             if (s.max_chars and len(_text(c)) > s.max_chars) or (banned and prompt_text(c) in banned):
                 filtered += 1
@@ -402,7 +417,8 @@ def resolve_mix(path: str | Path) -> ResolvedMix:
         n = s.count if s.count is not None else round((1.0 if s.fraction is None else s.fraction) * len(good))
         taken = _take(good, n, rng)
         sources.append({"path": s.path, "split": s.split, "available": len(raw), "valid": len(good),
-                        "invalid_dropped": invalid, "filtered": filtered, "taken": len(taken),
+                        "requested": s.count, "invalid_dropped": invalid, "invalid_reasons": reasons,
+                        "filtered": filtered, "taken": len(taken),
                         "sha256": rows_hash(taken)})
         out += taken
     before = len(out)
