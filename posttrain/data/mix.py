@@ -115,6 +115,9 @@ def load_mix_config(path: str | Path) -> MixConfig:
         key = getattr(e, "full_key", "") or ""
         raise MixError(f"{path}: {key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
     except Exception as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        if mark is not None and problem:  # a YAML error: its line and key (duplicate keys)
+            raise MixError(f"{path}: line {mark.line + 1}: not valid YAML: {problem}") from None
         raise MixError(f"{path}: not a valid data mix: {str(e).splitlines()[0]}") from None
     if not cfg.sources:
         raise MixError(f"{path}: sources: a mix needs at least one source")
@@ -123,8 +126,12 @@ def load_mix_config(path: str | Path) -> MixConfig:
     for i, s in enumerate(cfg.sources):
         if s.count is not None and s.fraction is not None:
             raise MixError(f"{path}: sources.{i}: give count or fraction, not both")
-        if (s.count is not None and s.count < 0) or (s.fraction is not None and s.fraction < 0):
+        if (s.count is not None and s.count < 0) or (s.fraction is not None and not 0 <= s.fraction < float("inf")):
             raise MixError(f"{path}: sources.{i}: count/fraction must be >= 0")
+        if s.max_chars is not None and s.max_chars < 1:
+            raise MixError(f"{path}: sources.{i}.max_chars: must be >= 1, got {s.max_chars}")
+    if not 0 <= cfg.seed < 2**32:
+        raise MixError(f"{path}: seed: must be >= 0 and < 2**32, got {cfg.seed}")
     return cfg
 
 

@@ -51,7 +51,7 @@ POSITIVE_INT = _rule(1)
 # "Class.field" rules win over "field" ones. Every numeric field of posttrain/recipe.py is here.
 FIELD_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "seed": _rule(0, 2**32 - 1),  # numpy's seed range (transformers' set_seed seeds numpy)
-    "max_examples": POSITIVE_INT, "max_new_tokens": POSITIVE_INT, "batch_size": POSITIVE_INT,
+    "max_examples": _rule(0), "max_new_tokens": POSITIVE_INT, "batch_size": POSITIVE_INT,
     "learning_rate": _rule(0, 1, lo_open=True),
     "warmup_ratio": _rule(0, 1, hi_open=True),
     "num_epochs": _rule(0, lo_open=True),
@@ -151,7 +151,8 @@ def row_format(row: dict) -> str:
 
 def row_check(kind: str, rewards: list[dict] | None = None, needs_truth: bool = False) -> Callable[[dict], str | None]:
     """A check for one canonical row of a `kind` stage ("sft" | "dpo" | "grpo" | "eval"):
-    returns what is wrong, or None. `needs_truth`: every row needs `ground_truth`."""
+    returns what is wrong, or None. `needs_truth`: every row needs `ground_truth` (eval rows always do:
+    accuracy is scored against it)."""
     truths = reward_truths(rewards or []) if kind == "grpo" else []
     want = NEEDS_FORMAT.get(kind)
 
@@ -177,7 +178,7 @@ def row_check(kind: str, rewards: list[dict] | None = None, needs_truth: bool = 
                     problem = f"no ground truth for reward {name} (column {' or '.join(cols)})"
         else:
             problem = None
-        if problem is None and needs_truth and not present(row.get("ground_truth")):
+        if problem is None and (needs_truth or kind == "eval") and not present(row.get("ground_truth")):
             problem = "no ground_truth"
         return problem
     return check
