@@ -188,6 +188,8 @@ class Pipeline:
         main = PartialState().is_main_process
         self.out.mkdir(parents=True, exist_ok=True)
         if main:
+            for trash in (self.out / ".work").glob(".old-*"):  # a swap killed between its renames
+                shutil.rmtree(trash, ignore_errors=True)
             (self.out / "recipe.yaml").write_text(self._recipe_yaml())
         results = []
         for p in plans:
@@ -259,6 +261,8 @@ class Pipeline:
         (work / "manifest.json").write_text(json.dumps({"train": mix.manifest, "eval": ev.manifest if ev else None},
                                                        indent=2))
         shutil.rmtree(work / "trainer", ignore_errors=True)  # optimizer states: only needed to resume
+        from posttrain.model.load import usual_file_modes
+        usual_file_modes(work)
         tmp = work / "DONE.tmp"
         tmp.write_text(json.dumps({"key": p.key, "stage": p.name, "kind": p.kind, "finished": time.time(),
                                    "summary": summary}, indent=2, default=str))
