@@ -46,9 +46,25 @@ def _load(args):
     return load_recipe(args.recipe, args.overrides, mixes)
 
 
+def _hub_refs(recipe) -> list[str]:
+    """Model, tokenizer and mix sources a recipe reads (for the one hub probe)."""
+    from posttrain.data.mix import MixError, load_mix_config
+    from posttrain.recipe import resolve_file
+    refs = [recipe.cfg.model.name, recipe.cfg.model.tokenizer or ""]
+    for st in recipe.stages.values():
+        for ref in (st.mix, st.eval.mix, getattr(st, "eval_pairs", None)):
+            try:
+                refs += [s.path for s in load_mix_config(resolve_file(ref, recipe)).sources] if ref else []
+            except MixError:
+                pass  # reported by validation, with its file and field
+    return refs
+
+
 def cmd_run(args) -> int:
+    from posttrain.hub import check_hub
     from posttrain.pipeline import Pipeline
     recipe = _load(args)
+    check_hub(_hub_refs(recipe))
     pipe = Pipeline(recipe)
     plans = pipe.plan(args.stage, args.start, args.force, dry=args.dry_run)
     print(f"recipe {recipe.source} -> {recipe.output_dir}")
@@ -111,6 +127,12 @@ def cmd_mix(args) -> int:
     from posttrain.data.templates import resolve_template
     from posttrain.data.validate import reason_counts, resolve_for
     from posttrain.model.load import load_tokenizer
+    from posttrain.data.mix import MixError, load_mix_config
+    from posttrain.hub import check_hub
+    try:
+        check_hub([args.tokenizer] + [s.path for s in load_mix_config(args.path).sources])
+    except MixError:
+        pass  # resolve_for below says what is wrong with the file
     rewards = _recipe_rewards(args.rewards)[0] if args.rewards else None
     m = resolve_for(args.path, args.stage_kind or "any", f"--stage-kind {args.stage_kind}", rewards)
     tok = load_tokenizer(args.tokenizer, resolve_template(args.chat_template))
@@ -156,7 +178,9 @@ def _label_report(rows: list[dict], recipe_ref: str | None) -> list[dict]:
 def cmd_doctor(args) -> int:
     from posttrain.model.kernels import kernel_report
     from importlib.metadata import PackageNotFoundError, version
+    from posttrain.hub import endpoint, hub_problem
     rep = kernel_report()
+    rep["hub"] = f"unreachable: {hub_problem()}" if hub_problem() else f"reachable ({endpoint()})"
     for dist in ("trl", "accelerate", "deepspeed", "vllm", "math-verify"):
         try:
             rep[dist] = version(dist)
