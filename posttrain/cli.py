@@ -134,8 +134,15 @@ def cmd_mix(args) -> int:
     except MixError:
         pass  # resolve_for below says what is wrong with the file
     rewards = _recipe_rewards(args.rewards)[0] if args.rewards else None
+    try:
+        template = resolve_template(args.chat_template)
+    except ValueError as e:
+        raise MixError(f"--chat-template {args.chat_template}: {str(e).split(': ', 1)[-1]}") from None
     m = resolve_for(args.path, args.stage_kind or "any", f"--stage-kind {args.stage_kind}", rewards)
-    tok = load_tokenizer(args.tokenizer, resolve_template(args.chat_template))
+    try:
+        tok = load_tokenizer(args.tokenizer, template)
+    except (OSError, ValueError) as e:
+        raise MixError(f"--tokenizer {args.tokenizer}: cannot load it ({str(e).strip().splitlines()[0][:200]})") from None
     print(f"mix {m.manifest['name']} ({m.manifest['mix']}), format {m.format}, seed {m.manifest['seed']}")
     print(_table([[s["path"], s["split"], s["available"], s["taken"], s["invalid_dropped"], s["sha256"][:12]]
                   for s in m.manifest["sources"]], ["source", "split", "available", "taken", "invalid", "sha256"]))

@@ -389,6 +389,15 @@ def _check(r: Recipe, path: Path) -> None:
     if r.cfg.chat_template_system is not None and r.cfg.chat_template not in ("olmo3-instruct", "olmo3-think"):
         raise RecipeError(f"{src}: chat_template_system: only the olmo3-* templates add a default system turn "
                           f"(chat_template is {r.cfg.chat_template!r})")
+    for key, ref in (("model.name", r.cfg.model.name), ("model.tokenizer", r.cfg.model.tokenizer)):
+        ref = (ref or "").removeprefix("random:")
+        if ref.startswith(("/", "./", "../", "~")) and _resolve_path(ref, path) is None:
+            raise RecipeError(f"{src}: {key}: no such directory: {ref}")
+        if ref.startswith("tiny:") and not (ref[5:].isdigit() and int(ref[5:]) > 0):
+            raise RecipeError(f"{src}: {key}: tiny:N needs a vocabulary size N, got {ref!r}")
+    out_dir = r.output_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RecipeError(f"{src}: output_dir: {out_dir} exists and is not a directory")
     if r.cfg.model.dtype not in ("float32", "bfloat16"):
         raise RecipeError(f"{src}: model.dtype: must be float32 or bfloat16, got {r.cfg.model.dtype!r}")
     for i, (name, st) in enumerate(r.stages.items()):
@@ -456,6 +465,8 @@ def _check(r: Recipe, path: Path) -> None:
         if out in outs:
             raise RecipeError(f"{src}: exports.{i}: writes {out}, as exports.{outs[out]} does")
         outs[out] = i
+        if ex.out and Path(ex.out).exists() and not Path(ex.out).is_dir():
+            raise RecipeError(f"{src}: exports.{i}.out: {ex.out} exists and is not a directory")
         if ex.stage not in names:
             raise RecipeError(f"{src}: exports.{i}.stage: no stage named {ex.stage!r} (stages: {', '.join(names)})")
         if ex.kind not in ("instruct", "think"):

@@ -92,6 +92,13 @@ CASES = [
     ("export_unknown_stage", {"exports": [{"stage": "rk", "kind": "think"}]}, [], [R, "exports.0.stage: no stage named 'rk'"]),
     ("two_exports_one_dir", {"exports": [{"stage": "rl", "kind": "think"}, {"stage": "dpo", "kind": "think"}]}, [],
      [R, "exports.1: writes exports/think, as exports.0 does"]),
+    ("model_dir_missing", {"model.name": "./models/nope"}, [], [R, "model.name: no such directory: ./models/nope"]),
+    ("tokenizer_tiny_x", {"model.tokenizer": "tiny:x"}, [], [R, "model.tokenizer: tiny:N needs a vocabulary size"]),
+    ("output_dir_is_a_file", {"output_dir": "{tmp}/sft.jsonl"}, [], [R, "output_dir: ", "exists and is not a directory"]),
+    ("export_out_is_a_file", {"exports": [{"stage": "rl", "kind": "think", "out": "{tmp}/sft.jsonl"}]}, [],
+     [R, "exports.0.out: ", "exists and is not a directory"]),
+    ("chat_template_missing", {"chat_template": "nope.jinja"}, [], [R, "chat_template: 'nope.jinja' is neither"]),
+    ("dtype_unknown", {"model.dtype": "fp8"}, [], [R, "model.dtype: must be float32 or bfloat16"]),
     ("kind_unknown", {"stages.sft.kind": "ppo"}, [], [R, "stages.sft.kind: must be one of"]),
     ("missing_lr", {"stages.sft.learning_rate": DELETE}, [], [R, "stages.sft.learning_rate: required field is missing"]),
     ("duplicate_stage", "DUPLICATE", [], [R, "line ", "duplicate key sft"]),
@@ -256,6 +263,25 @@ def test_mix_stage_kind_checks_rows(kind, rows, expect, tmp_path, capsys):
     assert main(["mix", str(tmp_path / "m.yaml"), "--stage-kind", kind]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "m.yaml" in err and expect in err, err
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--chat-template", "nope"], "--chat-template nope: unknown template 'nope'"),
+    (["--tokenizer", "./nope"], "--tokenizer ./nope: cannot load it"),
+    (["--tokenizer", "tiny:x"], "--tokenizer tiny:x: cannot load it"),
+    (["--stage-kind", "grpo", "--rewards", "nope.yaml"], "nope.yaml: recipe file not found"),
+    (["--rewards", "d.jsonl"], "--rewards d.jsonl: the recipe has no grpo stage"),
+    (["--path", "gone.yaml"], "gone.yaml: data mix file not found"),
+])
+def test_mix_cli_flags(argv, expect, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text(json.dumps(SFT_ROWS[0]) + "\n")
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"sources": [{"path": str(tmp_path / "d.jsonl")}]}))
+    path = argv[1] if argv[0] == "--path" else "m.yaml"
+    argv = [] if argv[0] == "--path" else argv
+    assert main(["mix", path, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posttrain: error: ") and "\n" not in err and expect in err, err
 
 
 def test_every_numeric_recipe_field_has_a_range_rule():
