@@ -46,25 +46,11 @@ def _load(args):
     return load_recipe(args.recipe, args.overrides, mixes)
 
 
-def _hub_refs(recipe) -> list[str]:
-    """Model, tokenizer and mix sources a recipe reads (for the one hub probe)."""
-    from posttrain.data.mix import MixError, load_mix_config
-    from posttrain.recipe import resolve_file
-    refs = [recipe.cfg.model.name, recipe.cfg.model.tokenizer or ""]
-    for st in recipe.stages.values():
-        for ref in (st.mix, st.eval.mix, getattr(st, "eval_pairs", None)):
-            try:
-                refs += [s.path for s in load_mix_config(resolve_file(ref, recipe)).sources] if ref else []
-            except MixError:
-                pass  # reported by validation, with its file and field
-    return refs
-
-
 def cmd_run(args) -> int:
-    from posttrain.hub import check_hub
+    from posttrain.hub import check_hub, recipe_refs
     from posttrain.pipeline import Pipeline
     recipe = _load(args)
-    check_hub(_hub_refs(recipe))
+    check_hub(recipe_refs(recipe))
     pipe = Pipeline(recipe)
     plans = pipe.plan(args.stage, args.start, args.force, dry=args.dry_run)
     print(f"recipe {recipe.source} -> {recipe.output_dir}")

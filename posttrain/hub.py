@@ -74,3 +74,17 @@ def check_hub(refs: list[str]) -> None:
     """Probe once if `refs` need the hub; say in one line when it is not there."""
     if needs_hub(refs) and (problem := hub_problem()):
         log.warning("hub: %s: using only cached models and datasets", problem)
+
+
+def recipe_refs(recipe) -> list[str]:
+    """Model, tokenizer and mix sources a recipe reads."""
+    from posttrain.data.mix import MixError, load_mix_config
+    from posttrain.recipe import resolve_file
+    refs = [recipe.cfg.model.name, recipe.cfg.model.tokenizer or ""]
+    for st in recipe.stages.values():
+        for ref in (st.mix, st.eval.mix, getattr(st, "eval_pairs", None)):
+            try:
+                refs += [s.path for s in load_mix_config(resolve_file(ref, recipe)).sources] if ref else []
+            except MixError:
+                pass  # validation reports it, with its file and field
+    return refs

@@ -396,7 +396,7 @@ def resolve_mix(path: str | Path, check: Callable[[dict], str | None] | None = N
         except MixError as e:
             raise MixError(f"{where}: {e}") from None
         except Exception as e:
-            err = SourceUnavailable if _is_hub_id(s.path) else MixError
+            err = SourceUnavailable if _is_hub_id(s.path) and not (path.parent / s.path).exists() else MixError
             raise err(f"{where}: could not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if s.columns:
             raw = [{s.columns.get(k, k): v for k, v in r.items()} if isinstance(r, dict) else r for r in raw]
