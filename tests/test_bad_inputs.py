@@ -270,13 +270,15 @@ def test_mix_stage_kind_checks_rows(kind, rows, expect, tmp_path, capsys):
     (["--tokenizer", "./nope"], "--tokenizer ./nope: cannot load it"),
     (["--tokenizer", "tiny:x"], "--tokenizer tiny:x: cannot load it"),
     (["--stage-kind", "grpo", "--rewards", "nope.yaml"], "nope.yaml: recipe file not found"),
-    (["--rewards", "d.jsonl"], "--rewards d.jsonl: the recipe has no grpo stage"),
+    (["--rewards", "sft_only.yaml"], "--rewards sft_only.yaml: the recipe has no grpo stage"),
     (["--path", "gone.yaml"], "gone.yaml: data mix file not found"),
 ])
 def test_mix_cli_flags(argv, expect, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d.jsonl").write_text(json.dumps(SFT_ROWS[0]) + "\n")
     (tmp_path / "m.yaml").write_text(yaml.safe_dump({"sources": [{"path": str(tmp_path / "d.jsonl")}]}))
+    (tmp_path / "sft_only.yaml").write_text(yaml.safe_dump({"name": "s", "stages": {"sft": {
+        "kind": "sft", "mix": str(tmp_path / "m.yaml"), "learning_rate": 1e-4}}}))
     path = argv[1] if argv[0] == "--path" else "m.yaml"
     argv = [] if argv[0] == "--path" else argv
     assert main(["mix", path, *argv]) == 2

@@ -25,6 +25,7 @@ from typing import Any
 
 from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
 
+DEFAULT_REWARDS = [{"name": "math"}]  # a GRPO stage's default (posttrain/recipe.py)
 NEEDS_FORMAT = {"sft": "messages", "dpo": "preference", "grpo": "prompt"}
 # Columns that hold a reward's ground truth (any one is enough); rewards not listed need none.
 # open-instruct's RLVR rows carry every verifier's truth in `ground_truth` (a list in Dolci).
@@ -72,6 +73,7 @@ FIELD_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "tis_cap": _rule(0, lo_open=True),
     "skip_solved_rate": _rule(0, lo_open=True),  # 0 would skip every prompt; above 1 never skips
     "solve_threshold": _rule(),
+    "reward_crash_limit": _rule(0, 1),
     "vllm_gpu_memory_utilization": _rule(0, 1, lo_open=True),
 }
 
@@ -120,24 +122,31 @@ def _ends_with_answer(msgs: Any, what: str) -> str | None:
     return None
 
 
-def _verifiers(row: dict) -> set[str] | None:
-    v = row.get("verifier", row.get("dataset"))
-    if not present(v):
-        return None
-    return {str(x) for x in v} if isinstance(v, (list, tuple)) else {str(v)}
-
-
 def reward_truths(rewards: list[dict]) -> list[tuple[str, set[str] | None, tuple[str, ...]]]:
-    """(reward name, verifier values it owns or None for all rows, truth columns) per reward that needs a truth."""
+    """(reward name, verifier labels it owns or None for all rows, truth columns) per reward that
+    needs a truth; routes as reward/registry.py reads a spec."""
+    from reward.registry import parse_spec
     out = []
     for spec in rewards:
-        name = spec.get("name")
-        if name not in TRUTH_COLUMNS:
-            continue
-        routes = spec.get("verifier", name)
-        routes = None if routes in (None, "*") else {routes} if isinstance(routes, str) else set(routes)
-        out.append((str(name), routes, TRUTH_COLUMNS[name]))
+        name, _, routes, _, _ = parse_spec(spec)
+        if name in TRUTH_COLUMNS:
+            out.append((name, routes, TRUTH_COLUMNS[name]))
     return out
+
+
+def _missing_truth(row: dict, truths: list) -> str | None:
+    """A unit (a verifier label with its ground truth, open-instruct's zip) that a truth-needing
+    reward takes but that has no truth to check against."""
+    from reward.registry import row_units, takes
+    label = row.get("verifier")
+    units = row_units(label if present(label) else None, row.get("ground_truth"))
+    if units is None:
+        return "verifier and ground_truth lists differ in length"
+    for name, routes, cols in truths:
+        for lab, own, gt in units:
+            if takes(routes, lab) and not (present(gt) if own else any(present(row.get(c)) for c in cols)):
+                return f"no ground truth for reward {name} (column {' or '.join(cols)})"
+    return None
 
 
 class WrongFormat(Exception):
@@ -153,7 +162,7 @@ def row_check(kind: str, rewards: list[dict] | None = None, needs_truth: bool = 
     """A check for one canonical row of a `kind` stage ("sft" | "dpo" | "grpo" | "eval"):
     returns what is wrong, or None. `needs_truth`: every row needs `ground_truth` (eval rows always do:
     accuracy is scored against it)."""
-    truths = reward_truths(rewards or []) if kind == "grpo" else []
+    truths = reward_truths(DEFAULT_REWARDS if rewards is None else rewards) if kind == "grpo" else []
     want = NEEDS_FORMAT.get(kind)
 
     def check(row: dict) -> str | None:
@@ -171,11 +180,7 @@ def row_check(kind: str, rewards: list[dict] | None = None, needs_truth: bool = 
             prompt = row.get("prompt")
             problem = None if isinstance(prompt, list) and any(
                 isinstance(m, dict) and present(m.get("content")) for m in prompt) else "no prompt"
-            owners = _verifiers(row)
-            for name, routes, cols in truths:
-                if problem is None and (routes is None or owners is None or routes & owners) \
-                        and not any(present(row.get(c)) for c in cols):
-                    problem = f"no ground truth for reward {name} (column {' or '.join(cols)})"
+            problem = problem or _missing_truth(row, truths)
         else:
             problem = None
         if problem is None and (needs_truth or kind == "eval") and not present(row.get("ground_truth")):
