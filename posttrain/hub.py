@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 log = logging.getLogger("posttrain")
-LOCAL_MODELS = ("tiny", "random:olmo-hybrid-7b")
+LOCAL_MODELS = ("tiny", "random:olmo-hybrid-7b", "olmo3", "dolma2")  # built or shipped inside posttrain
 
 
 def endpoint() -> str:
