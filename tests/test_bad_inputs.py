@@ -124,9 +124,9 @@ CASES = [
     ("sft_empty_last_answer", {"sft.jsonl": [{"messages": [USER, ANSWER, USER, {"role": "assistant", "content": " "}]}]},
      [], ["sft.yaml: sources.0", "row 0: messages: last assistant turn is empty"]),
     ("dpo_row_missing_rejected", {"dpo.jsonl": [DPO_ROWS[0], {"prompt": "q", "chosen": "a"}]}, [],
-     ["dpo.yaml: sources.0", "row 1: missing column 'rejected'"]),
+     ["dpo.yaml: sources.0", "row 1: its columns (chosen, prompt) make it a 'prompt' row"]),
     ("dpo_first_row_missing_rejected", {"dpo.jsonl": [{"prompt": "q", "chosen": "a"}, DPO_ROWS[0]]}, [],
-     ["dpo.yaml", "stages.dpo.mix (dpo) needs preference rows"]),
+     ["dpo.yaml: sources.0", "row 0: its columns (chosen, prompt) make it a 'prompt' row"]),
     ("dpo_same_answers", {"dpo.jsonl": [DPO_ROWS[0], {"prompt": "q", "chosen": "a", "rejected": "a"}]}, [],
      ["dpo.yaml: sources.0", "row 1: chosen and rejected are the same"]),
     ("dpo_empty_chosen", {"dpo.jsonl": [{"prompt": "q", "chosen": [], "rejected": "a"}]}, [],
@@ -145,7 +145,9 @@ CASES = [
     ("eval_without_truth", {"eval.jsonl": SFT_ROWS}, [], ["eval.yaml", "row 0: no ground_truth"]),
     ("mix_count_0", {"sft.yaml": {"sources": [{"path": "{tmp}/sft.jsonl", "count": 0}]}}, [],
      ["sft.yaml: resolves to no rows"]),
-    ("mix_empty_file", {"sft.jsonl": []}, [], ["sft.yaml: sources.0", "no usable rows (0 read"]),
+    ("mix_empty_file", {"sft.jsonl": []}, [], ["sft.yaml: sources.0", "no rows"]),
+    ("mix_empty_file_format_set", {"sft.jsonl": [], "sft.yaml": {"format": "messages", "sources": [{"path": "{tmp}/sft.jsonl"}]}},
+     [], ["sft.yaml: sources.0", "no usable rows (0 read"]),
     ("mix_all_rows_skipped", {"sft.jsonl": [{"messages": [USER, ANSWER, USER]}],
                               "sft.yaml": {"skip_invalid": True, "sources": [{"path": "{tmp}/sft.jsonl"}]}}, [],
      ["sft.yaml: sources.0", "no usable rows (1 read, 1 invalid: 1 messages: last turn is 'user'"]),
@@ -158,7 +160,8 @@ CASES = [
     ("mix_duplicate_key", {"sft.yaml": "seed: 1\nseed: 2\nsources: [{path: x}]\n"}, [], ["sft.yaml: line 2", "duplicate key"]),
     ("mix_source_missing", {"sft.yaml": {"sources": [{"path": "{tmp}/gone.jsonl"}]}}, [],
      ["sft.yaml: sources.0", "file not found"]),
-    ("mix_bad_json_line", {"sft.jsonl": "{\"messages\": [}\n"}, [], ["sft.yaml: sources.0", "row 0: line 1: not valid JSON"]),
+    ("mix_bad_json_line", {"sft.jsonl": json.dumps(SFT_ROWS[0]) + "\n{\"messages\": [}\n"}, [],
+     ["sft.yaml: sources.0", "row 1: line 2: not valid JSON"]),
 ]
 
 
