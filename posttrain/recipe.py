@@ -355,6 +355,9 @@ def _check_numbers(obj: Any, where: str) -> None:
         v = getattr(obj, f.name)
         if dataclasses.is_dataclass(v):
             _check_numbers(v, f"{where}{f.name}.")
+        elif isinstance(v, list) and v and all(dataclasses.is_dataclass(x) for x in v):
+            for i, x in enumerate(v):
+                _check_numbers(x, f"{where}{f.name}.{i}.")
         elif (problem := field_problem(type(obj).__name__, f.name, v)):
             raise RecipeError(f"{where}{f.name}: {problem}")
 

@@ -295,8 +295,9 @@ def test_every_numeric_recipe_field_has_a_range_rule():
 
     from posttrain import recipe
     from posttrain.data.validate import FIELD_RULES
-    classes = [recipe.ModelConfig, recipe.EvalConfig, recipe.SFTStage, recipe.DPOStage, recipe.GRPOStage,
-               recipe.ExportConfig, recipe.RecipeConfig]
+    classes = [c for c in vars(recipe).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+               and c.__module__ == recipe.__name__ and c is not recipe.Recipe]
+    assert recipe.GRPOStage in classes and recipe.EvalConfig in classes
     missing = []
     for cls in classes:
         hints = typing.get_type_hints(cls)

@@ -62,6 +62,7 @@ FIELD_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "max_grad_norm": _rule(0),  # 0 turns clipping off (transformers)
     "adam_beta1": _rule(0, 1, hi_open=True), "adam_beta2": _rule(0, 1, hi_open=True),
     "mini_batches": POSITIVE_INT,
+    "local_eval_every": _rule(0), "local_eval_examples": POSITIVE_INT,  # 0 = no local evals
     "logging_steps": POSITIVE_INT, "save_steps": POSITIVE_INT,
     "batch_tokens": POSITIVE_INT,
     "DPOStage.beta": _rule(0, lo_open=True),
