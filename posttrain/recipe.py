@@ -177,6 +177,13 @@ class GRPOStage(StageBase):
     """A benchmark suite (suites/NAME.yaml or a file) for it; None = eval.mix, greedy."""
     local_eval_examples: int = 64
     """Rows of eval.mix per local eval (ignored with a suite, whose tasks set their own sizes)."""
+    async_steps: int = 0
+    """Asynchronous RL: a rollout producer generates up to this many optimizer steps ahead of the
+    trainer, so every sample is at most this many steps stale (0 = generate, then train, each step).
+    Needs engine hf or vllm_mode server; TIS against the engine's logprobs corrects the lag."""
+    weight_sync_steps: int = 1
+    """Async: push the trainer's weights to the engine every this many optimizer steps (at most
+    async_steps + 1, which keeps the staleness bound)."""
 
 
 STAGE_TYPES = {"sft": SFTStage, "dpo": DPOStage, "grpo": GRPOStage}
@@ -445,6 +452,8 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.reward_crash_limit: must be a fraction in [0, 1], got {st.reward_crash_limit}")
         if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
             raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
+        if isinstance(st, GRPOStage):
+            _check_async(st, where)
     for i, b in enumerate(r.cfg.benchmarks):
         if b.after != "exports" and b.after not in names:
             raise RecipeError(f"{src}: benchmarks.{i}.after: {b.after!r} is neither 'exports' nor a stage ({', '.join(names)})")
@@ -474,6 +483,20 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{src}: exports.{i}.stage: no stage named {ex.stage!r} (stages: {', '.join(names)})")
         if ex.kind not in ("instruct", "think"):
             raise RecipeError(f"{src}: exports.{i}.kind: must be instruct or think, got {ex.kind!r}")
+
+
+def _check_async(st: GRPOStage, where: str) -> None:
+    if st.async_steps < 0:
+        raise RecipeError(f"{where}.async_steps: must be >= 0, got {st.async_steps}")
+    if not 1 <= st.weight_sync_steps <= st.async_steps + 1:
+        raise RecipeError(f"{where}.weight_sync_steps: must be in [1, async_steps + 1 = {st.async_steps + 1}] "
+                          f"(weights older than async_steps would break the staleness bound), got {st.weight_sync_steps}")
+    if st.async_steps and st.engine == "vllm" and st.vllm_mode == "colocate":
+        raise RecipeError(f"{where}.async_steps: async RL needs the engine in its own process "
+                          "(vllm_mode: server, same or other GPUs) or engine: hf; colocate sleeps vLLM while training")
+    from posttrain.launch import world_size
+    if st.async_steps and st.engine == "hf" and world_size() > 1:
+        raise RecipeError(f"{where}.async_steps: the hf engine is for CPU and tests; on several GPUs use vllm_mode: server")
 
 
 def resolve_file(ref: str, recipe: Recipe) -> Path:
