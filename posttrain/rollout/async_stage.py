@@ -39,7 +39,9 @@ def from_producer(prompts, trainer) -> dict:
     return rollout_batch(groups)
 
 
-def attach(trainer, st, queue, rows: list[dict], tok, resume_step: int) -> RolloutProducer:
+def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step: int) -> RolloutProducer:
+    """Build the engine and producer and hang them on the trainer. `log_dir` gets rollouts.jsonl:
+    one line per trained group (step, prompt, policy version); a resume drops the rolled-back lines."""
     from posttrain.rollout.engines import HFEngine, VLLMServerEngine
     if st.engine == "hf":
         eos = sorted({tok.eos_token_id, *_as_list(trainer.model.generation_config.eos_token_id)} - {None})
@@ -57,7 +59,7 @@ def attach(trainer, st, queue, rows: list[dict], tok, resume_step: int) -> Rollo
             cache[i] = list(tok.apply_chat_template(rows[i]["prompt"], tokenize=True, return_dict=False,
                                                     add_generation_prompt=True))
         return cache[i]
-    log = Path(trainer.args.output_dir) / ("rollouts.jsonl" if queue.rank == 0 else f"rollouts.rank{queue.rank}.jsonl")
+    log = Path(log_dir) / ("rollouts.jsonl" if queue.rank == 0 else f"rollouts.rank{queue.rank}.jsonl")
     trim_log(log, resume_step)
     a = trainer.args
     want = a.per_device_train_batch_size * a.steps_per_generation // trainer.num_generations  # groups per process

@@ -428,7 +428,8 @@ def run(ctx: StageContext) -> dict:
         reward_crash_limit=st.reward_crash_limit, callbacks=[tput, *local_eval_callbacks(ctx, tok)],
         rollout_func=async_stage.from_producer if st.async_steps else None)
     if st.async_steps:
-        async_stage.attach(trainer, st, queue, rows, tok, resume_step=int(Path(resume).name.split("-")[-1]) if resume else 0)
+        async_stage.attach(trainer, st, queue, rows, tok, ctx.work_dir,
+                           resume_step=int(Path(resume).name.split("-")[-1]) if resume else 0)
     log.info("%s: %d prompts, %d prompts x %d rollouts per step, engine %s, lr %g", ctx.name, len(rows),
              st.prompts_per_step, st.rollouts_per_prompt, st.engine, st.learning_rate)
     # train
