@@ -39,16 +39,18 @@ def from_producer(prompts, trainer) -> dict:
     return rollout_batch(groups)
 
 
-def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step: int) -> RolloutProducer:
+def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step: int, max_tokens_fn=None,
+           ignore_eos: bool = False) -> RolloutProducer:
     """Build the engine and producer and hang them on the trainer. `log_dir` gets rollouts.jsonl:
-    one line per trained group (step, prompt, policy version); a resume drops the rolled-back lines."""
+    one line per trained group (step, prompt, policy version); a resume drops the rolled-back lines.
+    `max_tokens_fn(idx, n)` / `ignore_eos`: per-completion lengths (benchmarks)."""
     from posttrain.rollout.engines import HFEngine, VLLMServerEngine
     if st.engine == "hf":
         eos = sorted({tok.eos_token_id, *_as_list(trainer.model.generation_config.eos_token_id)} - {None})
         engine = HFEngine(trainer.model, tok.pad_token_id, eos, st.temperature, st.max_completion_length)
     else:
         engine = VLLMServerEngine(st.vllm_server_base_url, st.temperature, st.max_completion_length,
-                                  trl_generation=getattr(trainer, "vllm_generation", None))
+                                  trl_generation=getattr(trainer, "vllm_generation", None), ignore_eos=ignore_eos)
     if not trainer.use_vllm:
         trainer.use_vllm = True
         trainer._last_loaded_step = -1
@@ -64,7 +66,7 @@ def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step
     a = trainer.args
     want = a.per_device_train_batch_size * a.steps_per_generation // trainer.num_generations  # groups per process
     producer = RolloutProducer(engine, queue, tokenize, trainer.num_generations, want, st.async_steps,
-                               st.weight_sync_steps, seed=st.seed, log_path=log)
+                               st.weight_sync_steps, seed=st.seed, log_path=log, max_tokens_fn=max_tokens_fn)
     trainer.rollouts = producer
     return producer
 

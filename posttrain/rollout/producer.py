@@ -70,6 +70,7 @@ class RolloutProducer:
         self.version = -1  # last version pushed to the engine
         self.step = 0
         self.wait_s = 0.0
+        self._lags: list[int] = []
         self._orders = 0
 
     def _order(self, idxs: list[int], urgent: bool = False, step: int | None = None) -> list[Future]:
@@ -77,7 +78,7 @@ class RolloutProducer:
         for i in idxs:
             self._orders += 1
             seed = (self.seed * 1_000_003 + self._orders * 7919 + i) % (2 ** 31)
-            mt = self.max_tokens_fn(i, self._orders, self.g) if self.max_tokens_fn else None
+            mt = self.max_tokens_fn(i, self.g) if self.max_tokens_fn else None
             job = RolloutJob(i, self.tokenize(i), self.g, self.version, seed, urgent, mt)
             futs.append(self.engine.submit(job))
         if step is not None:
@@ -116,17 +117,20 @@ class RolloutProducer:
         t0 = time.perf_counter()
         out = [f.result() for f in futs]  # an engine error re-raises here, on the training thread
         self.wait_s += time.perf_counter() - t0
+        self._lags += [self.step - gr.version for gr in out]
         return out
 
     def in_flight(self) -> list[int]:
         """Prompts dispatched but not yet trained on, in dispatch order (the queue saves them as pending)."""
         return [i for _, i, _ in self.ahead]
 
-    def metrics(self, groups: list[RolloutGroup]) -> dict[str, float]:
-        lag = [self.step - gr.version for gr in groups]
+    def step_metrics(self) -> dict[str, float]:
+        """Over every group the step took (refills included): staleness in optimizer steps, the
+        trainer's seconds blocked waiting for rollouts, groups still in flight for later steps."""
+        lag = self._lags
         out = {"async/staleness_mean": sum(lag) / max(len(lag), 1), "async/staleness_max": float(max(lag, default=0)),
                "async/wait_s": self.wait_s, "async/in_flight": float(len(self.ahead))}
-        self.wait_s = 0.0
+        self.wait_s, self._lags = 0.0, []
         return out
 
     def log(self, groups: list[RolloutGroup], rank: int) -> None:

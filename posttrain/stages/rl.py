@@ -259,6 +259,8 @@ class ActiveGRPOTrainer(GRPOTrainer):
         for k, v in rollout_gap(batch).items():
             if v is not None:
                 m[k].append(v)
+        for k, v in (self.rollouts.step_metrics() if self.rollouts is not None else {}).items():
+            m[k].append(v)
         new = self.accelerator.gather(torch.tensor([self._new_tokens], device=self.accelerator.device)).sum()
         self._split["new_tokens"] += float(new)
         self._new_tokens = 0
@@ -268,8 +270,7 @@ class ActiveGRPOTrainer(GRPOTrainer):
     def _log_async_round(self, out: dict) -> None:
         from posttrain.rollout.producer import gap_by_lag
         m, step = self._metrics["train"], self.state.global_step
-        for k, v in {**self.rollouts.metrics(self._groups),
-                     **gap_by_lag(out, [step - gr.version for gr in self._groups], self.num_generations)}.items():
+        for k, v in gap_by_lag(out, [step - gr.version for gr in self._groups], self.num_generations).items():
             m[k].append(v)
         self.rollouts.log(self._groups, self.accelerator.process_index)
 
