@@ -214,7 +214,7 @@ class VLLMServerEngine:
         self.version = version
 
     def _send_ipc(self, model) -> None:
-        from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine  # imports ray
+        IPCWeightTransferEngine = _ipc_engine()
 
         def params():
             for name, p in model.named_parameters():
@@ -237,3 +237,21 @@ class VLLMServerEngine:
             asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _ipc_engine():
+    """vLLM's CUDA-IPC weight transfer. Its module imports `ray` at the top but uses it only for
+    send_mode="ray"; the http mode used here does not, so where ray is not installed a bare
+    stand-in covers the import and is taken back out of sys.modules right after."""
+    import importlib.util
+    import sys
+    import types
+    stub = importlib.util.find_spec("ray") is None
+    if stub:
+        sys.modules["ray"] = types.ModuleType("ray")
+    try:
+        from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
+    finally:
+        if stub:
+            sys.modules.pop("ray", None)
+    return IPCWeightTransferEngine
