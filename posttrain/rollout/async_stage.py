@@ -50,7 +50,9 @@ def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step
         engine = HFEngine(trainer.model, tok.pad_token_id, eos, st.temperature, st.max_completion_length)
     else:
         engine = VLLMServerEngine(st.vllm_server_base_url, st.temperature, st.max_completion_length,
-                                  trl_generation=getattr(trainer, "vllm_generation", None), ignore_eos=ignore_eos)
+                                  trl_generation=getattr(trainer, "vllm_generation", None), ignore_eos=ignore_eos,
+                                  is_main=trainer.accelerator.is_main_process,
+                                  world_size=trainer.accelerator.num_processes)
     if not trainer.use_vllm:
         trainer.use_vllm = True
         trainer._last_loaded_step = -1

@@ -145,7 +145,7 @@ class VLLMServerEngine:
     '{"backend": "nccl"|"ipc"}' --logprobs-mode processed_logprobs`)."""
 
     def __init__(self, base_url: str, temperature: float, max_tokens: int, trl_generation=None,
-                 ignore_eos: bool = False, timeout_s: float = 3600.0):
+                 ignore_eos: bool = False, timeout_s: float = 3600.0, is_main: bool = True, world_size: int = 1):
         import requests
         self.url, self.temperature, self.max_tokens, self.ignore_eos = base_url.rstrip("/"), temperature, max_tokens, ignore_eos
         self.timeout_s = timeout_s
@@ -160,9 +160,12 @@ class VLLMServerEngine:
                                """--weight-transfer-config '{"backend": "ipc"}' (same GPU) or nccl (other GPUs)""")
         if cfg["model_config"].get("logprobs_mode") != "processed_logprobs":
             raise RuntimeError(f"{self.url}: TIS needs --logprobs-mode processed_logprobs (after temperature)")
+        if self.backend == "ipc" and world_size > 1:
+            raise RuntimeError(f"{self.url}: CUDA-IPC weight transfer is for one training process on the engine's GPU; "
+                               "with several, give the server GPUs of its own (nccl)")
         if self.backend == "nccl" and trl_generation is None:
             raise RuntimeError("nccl weight transfer goes through TRL's VLLMGeneration (use_vllm, vllm_mode server)")
-        self.trl_generation = trl_generation
+        self.trl_generation, self.is_main = trl_generation, is_main
         self.model_name = requests.get(f"{self.url}/v1/models", timeout=60).json()["data"][0]["id"]
         self.version = -1
         self.loop = asyncio.new_event_loop()
@@ -202,7 +205,9 @@ class VLLMServerEngine:
         if self.version < 0 and version == 0:  # the server was started from the stage's starting model
             self.version = 0
             return
-        self._post("/pause", params={"mode": "keep"})  # requests stay in the batch, frozen
+        # Every rank takes part in the (ZeRO-3) gathers of TRL's stream; one of them pauses the server.
+        if self.is_main:
+            self._post("/pause", params={"mode": "keep"})  # requests stay in the batch, frozen
         try:
             if self.backend == "nccl":
                 # TRL streams every parameter (ZeRO-3: gathered one at a time) over its NCCL group.
@@ -210,7 +215,8 @@ class VLLMServerEngine:
             else:
                 self._send_ipc(model)
         finally:
-            self._post("/resume")
+            if self.is_main:
+                self._post("/resume")
         self.version = version
 
     def _send_ipc(self, model) -> None:
