@@ -77,6 +77,18 @@ def test_refills_jump_the_queue_at_the_current_version():
     assert p.in_flight() == ahead  # the next steps' groups are still there, in order
 
 
+def test_an_engine_error_reaches_the_training_thread():
+    class Failing(InstantEngine):
+        def submit(self, job):
+            f = Future()
+            f.set_exception(RuntimeError("engine died: CUDA out of memory"))
+            return f
+    p = RolloutProducer(Failing(), PromptQueue([{}] * 10, seed=0), lambda i: [i], G, prompts_per_step=2, async_steps=1)
+    p.step_start(None, 0)
+    with pytest.raises(RuntimeError, match="engine died"):
+        p.primary(2)
+
+
 def test_queue_state_covers_prompts_in_flight():
     rows = [{}] * 20
     a = PromptQueue(rows, seed=1)
