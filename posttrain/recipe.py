@@ -495,6 +495,9 @@ def _check_async(st: GRPOStage, where: str) -> None:
         raise RecipeError(f"{where}.async_steps: async RL needs the engine in its own process "
                           "(vllm_mode: server, same or other GPUs) or engine: hf; colocate sleeps vLLM while training")
     from posttrain.launch import world_size
+    if st.async_steps and st.mini_batches > 1:
+        raise RecipeError(f"{where}.async_steps: not yet with mini_batches > 1 (staleness is counted in optimizer "
+                          "steps, one per generation batch)")
     if st.async_steps and st.engine == "hf" and world_size() > 1:
         raise RecipeError(f"{where}.async_steps: the hf engine is for CPU and tests; on several GPUs use vllm_mode: server")
 

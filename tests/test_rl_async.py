@@ -105,6 +105,7 @@ def test_queue_state_covers_prompts_in_flight():
     (["stages.rl.async_steps=0", "stages.rl.weight_sync_steps=2"], "weight_sync_steps"),
     (["stages.rl.async_steps=-1"], "async_steps: must be >= 0"),
     (["stages.rl.async_steps=1", "stages.rl.engine=vllm"], "async_steps: async RL needs the engine in its own process"),
+    (["stages.rl.async_steps=1", "stages.rl.mini_batches=2"], "async_steps: not yet with mini_batches > 1"),
 ])
 def test_recipe_rejects_bad_async_settings(over, msg):
     with pytest.raises(RecipeError, match=f"stages.rl.{msg}".replace("[", r"\[").replace("+", r"\+")):

@@ -44,13 +44,17 @@ def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step
     """Build the engine and producer and hang them on the trainer. `log_dir` gets rollouts.jsonl:
     one line per trained group (step, prompt, policy version); a resume drops the rolled-back lines.
     `max_tokens_fn(idx, n)` / `ignore_eos`: per-completion lengths (benchmarks)."""
+    from posttrain.model.load import end_token_ids
     from posttrain.rollout.engines import HFEngine, VLLMServerEngine
     if st.engine == "hf":
-        eos = sorted({tok.eos_token_id, *_as_list(trainer.model.generation_config.eos_token_id)} - {None})
+        # every end token (<|im_end|> and end of text), as the stage gives TRL's own generation
+        eos = sorted({tok.eos_token_id, *end_token_ids(tok), *_as_list(trainer.model.generation_config.eos_token_id)}
+                     - {None})
         engine = HFEngine(trainer.model, tok.pad_token_id, eos, st.temperature, st.max_completion_length)
     else:
         engine = VLLMServerEngine(st.vllm_server_base_url, st.temperature, st.max_completion_length,
                                   trl_generation=getattr(trainer, "vllm_generation", None), ignore_eos=ignore_eos,
+                                  stop_token_ids=end_token_ids(tok),
                                   is_main=trainer.accelerator.is_main_process,
                                   world_size=trainer.accelerator.num_processes)
     if not trainer.use_vllm:

@@ -145,7 +145,8 @@ class VLLMServerEngine:
     '{"backend": "nccl"|"ipc"}' --logprobs-mode processed_logprobs`)."""
 
     def __init__(self, base_url: str, temperature: float, max_tokens: int, trl_generation=None,
-                 ignore_eos: bool = False, timeout_s: float = 3600.0, is_main: bool = True, world_size: int = 1):
+                 ignore_eos: bool = False, timeout_s: float = 3600.0, is_main: bool = True, world_size: int = 1,
+                 stop_token_ids: list[int] | None = None):
         import requests
         self.url, self.temperature, self.max_tokens, self.ignore_eos = base_url.rstrip("/"), temperature, max_tokens, ignore_eos
         self.timeout_s = timeout_s
@@ -166,6 +167,7 @@ class VLLMServerEngine:
         if self.backend == "nccl" and trl_generation is None:
             raise RuntimeError("nccl weight transfer goes through TRL's VLLMGeneration (use_vllm, vllm_mode server)")
         self.trl_generation, self.is_main = trl_generation, is_main
+        self.stop_token_ids = list(stop_token_ids or [])
         self.model_name = requests.get(f"{self.url}/v1/models", timeout=60).json()["data"][0]["id"]
         self.version = -1
         self.loop = asyncio.new_event_loop()
@@ -185,7 +187,7 @@ class VLLMServerEngine:
         body = {"model": self.model_name, "prompt": job.prompt_ids, "n": 1, "temperature": self.temperature,
                 "top_p": 1.0, "max_tokens": job.max_tokens[c] if job.max_tokens else self.max_tokens,
                 "logprobs": 0, "seed": job.seed + c, "return_token_ids": True, "skip_special_tokens": False,
-                "ignore_eos": self.ignore_eos}
+                "ignore_eos": self.ignore_eos, "stop_token_ids": self.stop_token_ids}
         async with self._session.post(f"{self.url}/v1/completions", json=body) as r:
             r.raise_for_status()
             choice = (await r.json())["choices"][0]
