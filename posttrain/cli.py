@@ -36,19 +36,24 @@ def _fmt(x) -> str:
 
 
 def _load(args):
-    from posttrain.recipe import load_recipe
+    from posttrain.recipe import RecipeError, load_recipe
+    for flag, value in (("--gpus", getattr(args, "gpus", None)), ("--gpu-gb", getattr(args, "gpu_gb", None))):
+        if value is not None and not value > 0:
+            raise RecipeError(f"{flag} {value}: must be > 0")
     mixes = {}
     for m in args.mix or []:
-        if "=" not in m:
-            raise SystemExit(f"posttrain: --mix {m}: expected STAGE=PATH")
+        if "=" not in m or not m.split("=", 1)[1]:
+            raise RecipeError(f"--mix {m}: expected STAGE=PATH")
         s, p = m.split("=", 1)
         mixes[s] = p
     return load_recipe(args.recipe, args.overrides, mixes)
 
 
 def cmd_run(args) -> int:
+    from posttrain.hub import check_hub, recipe_refs
     from posttrain.pipeline import Pipeline
     recipe = _load(args)
+    check_hub(recipe_refs(recipe))
     pipe = Pipeline(recipe)
     plans = pipe.plan(args.stage, args.start, args.force, dry=args.dry_run)
     print(f"recipe {recipe.source} -> {recipe.output_dir}")
@@ -163,14 +168,31 @@ def cmd_stages(args) -> int:
 
 
 def cmd_mix(args) -> int:
-    from posttrain.data.mix import count_tokens, resolve_mix
+    from posttrain.data.mix import count_tokens
     from posttrain.data.templates import resolve_template
+    from posttrain.data.validate import reason_counts, resolve_for
     from posttrain.model.load import load_tokenizer
-    m = resolve_mix(args.path)
-    tok = load_tokenizer(args.tokenizer, resolve_template(args.chat_template))
+    from posttrain.data.mix import MixError, load_mix_config
+    from posttrain.hub import check_hub
+    try:
+        check_hub([args.tokenizer] + [s.path for s in load_mix_config(args.path).sources])
+    except MixError:
+        pass  # resolve_for below says what is wrong with the file
+    rewards = _recipe_rewards(args.rewards)[0] if args.rewards else None
+    try:
+        template = resolve_template(args.chat_template)
+    except ValueError as e:
+        raise MixError(f"--chat-template {args.chat_template}: {str(e).split(': ', 1)[-1]}") from None
+    m = resolve_for(args.path, args.stage_kind or "any", f"--stage-kind {args.stage_kind}", rewards)
+    try:
+        tok = load_tokenizer(args.tokenizer, template)
+    except (OSError, ValueError) as e:
+        raise MixError(f"--tokenizer {args.tokenizer}: cannot load it ({str(e).strip().splitlines()[0][:200]})") from None
     print(f"mix {m.manifest['name']} ({m.manifest['mix']}), format {m.format}, seed {m.manifest['seed']}")
     print(_table([[s["path"], s["split"], s["available"], s["taken"], s["invalid_dropped"], s["sha256"][:12]]
                   for s in m.manifest["sources"]], ["source", "split", "available", "taken", "invalid", "sha256"]))
+    for reason, n in sorted(reason_counts(m).items(), key=lambda x: -x[1]):
+        print(f"dropped {n} invalid rows: {reason}")
     tokens = count_tokens(m.rows, tok)
     print(f"rows {len(m.rows)}, tokens {tokens:,} ({args.tokenizer} tokenizer), dedup removed "
           f"{m.manifest['dedup_removed']}, sha256 {m.manifest['sha256']}")
@@ -182,18 +204,23 @@ def cmd_mix(args) -> int:
     return 0
 
 
+def _recipe_rewards(recipe_ref: str) -> tuple[list[dict], str]:
+    """The reward specs of a recipe's (first) GRPO stage, and where they came from."""
+    from posttrain.recipe import GRPOStage, RecipeError, load_recipe
+    recipe = load_recipe(recipe_ref, [], {})
+    grpo = [(n, st) for n, st in recipe.stages.items() if isinstance(st, GRPOStage)]
+    if not grpo:
+        raise RecipeError(f"--rewards {recipe_ref}: the recipe has no grpo stage")
+    return grpo[0][1].rewards, f"{recipe_ref} stage {grpo[0][0]}"
+
+
 def _label_report(rows: list[dict], recipe_ref: str | None) -> list[dict]:
     """Print and return, per verifier label, its rows and the rewards that score it (reward.health)."""
     from reward.health import format_report, label_report
     specs = [{"name": n} for n in ("math", "ifeval", "code", "judge")]
     where = "posttrain's default routes"
     if recipe_ref:
-        from posttrain.recipe import GRPOStage, load_recipe
-        recipe = load_recipe(recipe_ref, [], {})
-        grpo = [(n, st) for n, st in recipe.stages.items() if isinstance(st, GRPOStage)]
-        if not grpo:
-            raise SystemExit(f"posttrain: --rewards {recipe_ref}: the recipe has no grpo stage")
-        specs, where = grpo[0][1].rewards, f"{recipe_ref} stage {grpo[0][0]}"
+        specs, where = _recipe_rewards(recipe_ref)
     report = label_report(rows, specs)
     print(f"\nverifier labels -> rewards ({where})")
     print(_table(format_report(report), ["label", "rows", "scored by"]))
@@ -203,7 +230,9 @@ def _label_report(rows: list[dict], recipe_ref: str | None) -> list[dict]:
 def cmd_doctor(args) -> int:
     from posttrain.model.kernels import kernel_report
     from importlib.metadata import PackageNotFoundError, version
+    from posttrain.hub import endpoint, hub_problem
     rep = kernel_report()
+    rep["hub"] = f"unreachable: {hub_problem()}" if hub_problem() else f"reachable ({endpoint()})"
     for dist in ("trl", "accelerate", "deepspeed", "vllm", "math-verify"):
         try:
             rep[dist] = version(dist)
@@ -285,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--chat-template", default="olmo-instruct")
     m.add_argument("--json", action="store_true", help="also print the manifest as JSON")
     m.add_argument("--rewards", metavar="RECIPE", help="report which of this recipe's RL rewards score each "
-                   "verifier label (default: posttrain's default routes)")
+                   "verifier label (default: posttrain's default routes); with --stage-kind grpo, rows need "
+                   "the ground truth of these rewards (default: a GRPO stage's default, math)")
+    m.add_argument("--stage-kind", choices=["sft", "dpo", "grpo", "eval"],
+                   help="also check every row for what a stage of this kind needs")
     m.set_defaults(fn=cmd_mix)
     d = sub.add_parser("doctor", help="GPU, fla/triton/tilelang, deepspeed, vllm: what would run")
     d.set_defaults(fn=cmd_doctor)

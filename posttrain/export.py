@@ -97,10 +97,13 @@ def export_stage(run_dir: str | Path, stage: str, kind: str, out: str | Path | N
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
         info = _write_export(src, done, kind, tmp)
+        from posttrain.model.load import usual_file_modes
+        usual_file_modes(tmp)
         info.update(_verify(src / "model", tmp, kind, shown=out))
         write_json(tmp / "export.json", info)
         _fill_card_verification(tmp / "README.md", info)
@@ -111,6 +114,32 @@ def export_stage(run_dir: str | Path, stage: str, kind: str, out: str | Path | N
     log.info("exported %s/%s as %s -> %s (max |logit diff| %.2e)", run_dir.name, stage, kind, out,
              info["verification"]["max_abs_logit_diff"])
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove what a killed export to `out` left beside it: `.NAME.tmp-PID-*` dirs whose process
+    is gone (a whole model each; a live one is another export still writing) and `.NAME.old-*`
+    dirs of an interrupted swap. Returns what was removed."""
+    gone = []
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = p.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
+        if not (pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid))):
+            gone.append(p)
+    gone += list(out.parent.glob(f".{out.name}.old-*"))
+    for p in gone:
+        log.info("removing %s, left by an interrupted export", p)
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def _write_export(src: Path, done: StageDone, kind: str, dst: Path) -> dict:

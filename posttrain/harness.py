@@ -228,12 +228,8 @@ def _read_json(p: Path) -> dict:
 
 
 def _template_of(model_dir: Path) -> str:
-    from posttrain.report import _stage_template
-    p = model_dir / "chat_template.jinja"
-    if p.is_file():
-        return p.read_text()
-    return _stage_template(model_dir.parent) if (model_dir.parent / "model").is_dir() else (
-        _read_json(model_dir / "tokenizer_config.json").get("chat_template") or "")
+    from posttrain.rundir import saved_template
+    return saved_template(model_dir)
 
 
 def stage_target(run_dir: Path, stage: str, template: str | None = None) -> Target:
@@ -246,8 +242,8 @@ def stage_target(run_dir: Path, stage: str, template: str | None = None) -> Targ
 
 def previous_target(run_dir: Path, stage: str, template: str) -> Target | None:
     """The model `stage` started from, scored with the same template: its init_from stage, or the base."""
-    from posttrain.report import _yaml
-    recipe = _yaml(run_dir / "recipe.yaml")
+    from posttrain.rundir import read_yaml
+    recipe = read_yaml(run_dir / "recipe.yaml")
     st = (recipe.get("stages") or {}).get(stage) or {}
     prev = st.get("init_from")
     if prev:
@@ -281,8 +277,8 @@ def resolve_targets(path: str | Path, stage: str | None = None,
             for e in exports:
                 pairs += resolve_targets(e, baseline=baseline)[1]
         else:
-            from posttrain.report import stage_names
-            names = [stage] if stage else [n for n in stage_names(p) if (p / n / "DONE").is_file()]
+            from posttrain.rundir import RunDir
+            names = [stage] if stage else [n for n in RunDir(p).stage_names() if (p / n / "DONE").is_file()]
             for n in names:
                 t = stage_target(p, n)
                 pairs.append((t, previous_target(p, n, t.template) if baseline else None))

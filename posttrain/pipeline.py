@@ -26,7 +26,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from posttrain.data.mix import MixError, ResolvedMix, resolve_mix
+from posttrain.data.mix import ResolvedMix, SourceUnavailable
+from posttrain.data.validate import reason_counts, resolve_for
 from posttrain.data.templates import resolve_template
 from posttrain.launch import is_main_process
 from posttrain.recipe import Recipe, resolve_file, weight_settings
@@ -72,15 +73,42 @@ class Pipeline:
         self.template = resolve_template(str(resolve_file(recipe.cfg.chat_template, recipe))
                                          if recipe.cfg.chat_template.endswith((".jinja", ".j2"))
                                          else recipe.cfg.chat_template, recipe.cfg.chat_template_system)
-        self._mixes: dict[str, ResolvedMix] = {}
+        self._mixes: dict[tuple, ResolvedMix] = {}
 
     # ---- inputs -------------------------------------------------------------------------------
-    def mix(self, ref: str | None) -> ResolvedMix | None:
+    def mix(self, ref: str | None, kind: str, who: str, rewards: list | None = None,
+            needs_truth: bool = False) -> ResolvedMix | None:
+        """A data mix resolved and validated for what reads it (posttrain/data/validate.py)."""
         if ref is None:
             return None
-        if ref not in self._mixes:
-            self._mixes[ref] = resolve_mix(resolve_file(ref, self.recipe))
-        return self._mixes[ref]
+        k = (ref, kind, json.dumps(rewards, sort_keys=True, default=str), needs_truth)
+        if k not in self._mixes:
+            self._mixes[k] = resolve_for(resolve_file(ref, self.recipe), kind, who, rewards, needs_truth)
+        return self._mixes[k]
+
+    def train_mix(self, name: str) -> ResolvedMix:
+        st = self.recipe.stages[name]
+        return self.mix(st.mix, st.kind, f"stages.{name}.mix", getattr(st, "rewards", None),
+                        needs_truth=getattr(st, "rejected_from_policy", False))
+
+    def eval_mix(self, name: str) -> ResolvedMix | None:
+        """Held-out rows are scored against their ground_truth (posttrain/evaluate.py)."""
+        return self.mix(self.recipe.stages[name].eval.mix, "eval", f"stages.{name}.eval.mix", needs_truth=True)
+
+    def validate(self, name: str) -> str:
+        """Every mix a stage reads, resolved and checked before any model loads; returns a note
+        on rows that skip_invalid dropped, per reason."""
+        st = self.recipe.stages[name]
+        mixes = [self.train_mix(name), self.eval_mix(name)]
+        if getattr(st, "eval_pairs", None):
+            mixes.append(self.mix(st.eval_pairs, "dpo", f"stages.{name}.eval_pairs"))
+        notes = []
+        for m in filter(None, mixes):
+            counts = reason_counts(m)
+            if counts:
+                notes.append(f"{m.manifest['name']}: dropped {sum(counts.values())} invalid rows ("
+                             + "; ".join(f"{n}: {k}" for k, n in sorted(counts.items(), key=lambda x: -x[1])) + ")")
+        return "; ".join(notes)
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir.stage(name)
@@ -90,9 +118,9 @@ class Pipeline:
         what = {"v": version, "stage": weight_settings(st),
                 "model": OmegaConf.to_container(OmegaConf.structured(self.recipe.cfg.model)),
                 "seed": self.recipe.cfg.seed, "template": self.template,
-                "mix": self.mix(st.mix).manifest["sha256"], "parent": parent_key}
+                "mix": self.train_mix(name).manifest["sha256"], "parent": parent_key}
         if version == 1:  # what v1 hashed too, to recognise stages finished before v2
-            e = self.mix(st.eval.mix)
+            e = self.eval_mix(name)
             what.update(stage={k: v for k, v in self.recipe.stage_dict(name).items() if k not in V1_LEFT_OUT},
                         eval=e.manifest["sha256"] if e else None)
         return _sha(what)[:16]
@@ -131,10 +159,11 @@ class Pipeline:
                         parent_key = parent_legacy = done.key
             note, rows = "", None
             try:
+                note = self.validate(n)
                 k = keys[n] = self.key(n, parent_key)
                 legacy[n] = self.key(n, parent_legacy, version=1)
-                rows = len(self.mix(st.mix).rows)
-            except MixError as e:
+                rows = len(self.train_mix(n).rows)
+            except SourceUnavailable as e:
                 if not dry:
                     raise
                 k = keys[n] = legacy[n] = "unresolved"
@@ -152,7 +181,8 @@ class Pipeline:
                                                f"{self.stage_dir(st.init_from)}: run `posttrain run {self.recipe.source} "
                                                f"--stage {st.init_from}` first")
                 elif pd.key not in (keys[st.init_from], legacy[st.init_from]):
-                    note = f"'{st.init_from}' output is from different settings than the recipe now gives; using it as is"
+                    note = "; ".join(filter(None, [note, f"'{st.init_from}' output is from different settings "
+                                                                  "than the recipe now gives; using it as is"]))
             plans.append(StagePlan(n, st.kind, k, action, st.init_from, rows, note, legacy[n]))
         return plans
 
@@ -165,6 +195,8 @@ class Pipeline:
         main = is_main_process()
         self.out.mkdir(parents=True, exist_ok=True)
         if main:
+            for trash in self.out.glob(".*.old-*"):  # a stage swap killed between its renames
+                shutil.rmtree(trash, ignore_errors=True)
             self.run_dir.write_recipe(self._recipe_yaml(), self.recipe.source)
         results = []
         for p in plans:
@@ -198,7 +230,7 @@ class Pipeline:
             self.run_dir.swap_in(p.name, work)
             return self.run_dir.done(p.name).summary
         work.mkdir(parents=True, exist_ok=True)
-        mix, ev = self.mix(st.mix), self.mix(st.eval.mix)
+        mix, ev = self.train_mix(p.name), self.eval_mix(p.name)
         ctx = StageContext(recipe=self.recipe, name=p.name, stage=st, work_dir=work,
                            init_dir=self.stage_dir(st.init_from) / "model" if st.init_from else None,
                            chat_template=self.template, mix=mix, eval_rows=ev.rows if ev else [])
@@ -216,6 +248,8 @@ class Pipeline:
         self.run_dir.write_recipe(self._recipe_yaml(p.name), self.recipe.source, work / "config.yaml")
         write_json(work / "manifest.json", {"train": mix.manifest, "eval": ev.manifest if ev else None})
         shutil.rmtree(work / TRAINER, ignore_errors=True)  # optimizer states: only needed to resume
+        from posttrain.model.load import usual_file_modes
+        usual_file_modes(work)
         self.run_dir.write_done(work, StageDone(p.key, p.name, p.kind, time.time(), summary, KEY_VERSION))
         self.run_dir.swap_in(p.name, work)
         state.wait_for_everyone()

@@ -11,6 +11,7 @@ an error rather than silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# Stage names become directories and dotlist keys: no dots, slashes or leading dashes/dots.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+RESERVED = ("exports",)  # RUN/exports holds the exports
 
 
 class RecipeError(ValueError):
@@ -186,6 +190,13 @@ class GRPOStage(StageBase):
     """A benchmark suite (suites/NAME.yaml or a file) for it; None = eval.mix, greedy."""
     local_eval_examples: int = 64
     """Rows of eval.mix per local eval (ignored with a suite, whose tasks set their own sizes)."""
+    async_steps: int = 0
+    """Asynchronous RL: a rollout producer generates up to this many optimizer steps ahead of the
+    trainer, so every sample is at most this many steps stale (0 = generate, then train, each step).
+    Needs engine hf or vllm_mode server; TIS against the engine's logprobs corrects the lag."""
+    weight_sync_steps: int = 1
+    """Async: push the trainer's weights to the engine every this many optimizer steps (at most
+    async_steps + 1, which keeps the staleness bound)."""
 
 
 @dataclass
@@ -291,13 +302,20 @@ def load_recipe(ref: str, overrides: list[str] | None = None, mixes: dict[str, s
     try:
         raw = OmegaConf.load(path)
     except Exception as e:  # yaml syntax
-        raise RecipeError(f"{src}: not valid YAML: {_one_line(e)}") from None
+        raise RecipeError(f"{src}: {yaml_error(e)}") from None
     if not isinstance(raw, DictConfig):
         raise RecipeError(f"{src}: a recipe must be a mapping at the top level")
+    written = list((raw.get("stages") or {}).keys()) if isinstance(raw.get("stages"), DictConfig) else []
+    adds_kind = {o.split("=", 1)[0].split(".")[1] for o in overrides or []
+                 if o.startswith("stages.") and o.split("=", 1)[0].count(".") == 2 and o.split("=", 1)[0].endswith(".kind")}
     for o in overrides or []:
         if "=" not in o:
             raise RecipeError(f"{src}: override {o!r} must look like key=value")
         key, _ = o.split("=", 1)
+        parts = key.split(".")
+        if parts[0] == "stages" and len(parts) > 2 and parts[1] not in written and parts[1] not in adds_kind:
+            # Without this the new, kind-less stage would be blamed for its `kind`.
+            raise RecipeError(f"{src}: override {key}: no stage named {parts[1]!r} (stages: {', '.join(map(str, written))})")
         try:
             raw.merge_with(OmegaConf.from_dotlist([o]))
         except OmegaConfBaseException as e:
@@ -341,9 +359,50 @@ def load_recipe(ref: str, overrides: list[str] | None = None, mixes: dict[str, s
     return recipe
 
 
+def yaml_error(e: Exception) -> str:
+    """A YAML error in one line, with its line number and key (a duplicate key names both)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}: not valid YAML: {problem}"
+    return f"not valid YAML: {_one_line(e)}"
+
+
+def _check_numbers(obj: Any, where: str) -> None:
+    from posttrain.data.validate import field_problem
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            _check_numbers(v, f"{where}{f.name}.")
+        elif isinstance(v, list) and v and all(dataclasses.is_dataclass(x) for x in v):
+            for i, x in enumerate(v):
+                _check_numbers(x, f"{where}{f.name}.{i}.")
+        elif (problem := field_problem(type(obj).__name__, f.name, v)):
+            raise RecipeError(f"{where}{f.name}: {problem}")
+
+
+def _check_rewards(st: "GRPOStage", where: str) -> None:
+    from reward import build_reward_fn
+    if not st.rewards:
+        raise RecipeError(f"{where}.rewards: a GRPO stage needs at least one reward")
+    for i, spec in enumerate(st.rewards):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise RecipeError(f"{where}.rewards.{i}: must be a mapping with a name, got {spec!r}")
+        w = spec.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w != w or abs(w) == float("inf"):
+            raise RecipeError(f"{where}.rewards.{i}.weight: must be a finite number, got {w!r}")
+        try:
+            build_reward_fn([spec])
+        except (ValueError, TypeError) as e:
+            raise RecipeError(f"{where}.rewards.{i}: {e}") from None
+
+
 def _check(r: Recipe, path: Path) -> None:
     """Cross-field rules that types alone cannot express."""
     src, names = r.source, list(r.stages)
+    if not r.cfg.output_dir and not NAME.fullmatch(r.cfg.name.replace(".", "_")):
+        raise RecipeError(f"{src}: name: {r.cfg.name!r} names the output dir checkpoints/NAME: use letters, digits, "
+                          "'.', '_' and '-' (or set output_dir)")
+    _check_numbers(r.cfg, f"{src}: ")
     from posttrain.data.templates import TEMPLATES
     if r.cfg.chat_template not in TEMPLATES and _resolve_path(r.cfg.chat_template, path) is None:
         raise RecipeError(f"{src}: chat_template: {r.cfg.chat_template!r} is neither a built-in template "
@@ -351,10 +410,27 @@ def _check(r: Recipe, path: Path) -> None:
     if r.cfg.chat_template_system is not None and r.cfg.chat_template not in ("olmo3-instruct", "olmo3-think"):
         raise RecipeError(f"{src}: chat_template_system: only the olmo3-* templates add a default system turn "
                           f"(chat_template is {r.cfg.chat_template!r})")
+    for key, ref in (("model.name", r.cfg.model.name), ("model.tokenizer", r.cfg.model.tokenizer)):
+        ref = (ref or "").removeprefix("random:")
+        if ref.startswith(("/", "./", "../", "~")) and _resolve_path(ref, path) is None:
+            raise RecipeError(f"{src}: {key}: no such directory: {ref}")
+        if ref.startswith("tiny:") and not (ref[5:].isdigit() and int(ref[5:]) > 0):
+            raise RecipeError(f"{src}: {key}: tiny:N needs a vocabulary size N, got {ref!r}")
+    out_dir = r.output_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RecipeError(f"{src}: output_dir: {out_dir} exists and is not a directory")
     if r.cfg.model.dtype not in ("float32", "bfloat16"):
         raise RecipeError(f"{src}: model.dtype: must be float32 or bfloat16, got {r.cfg.model.dtype!r}")
     for i, (name, st) in enumerate(r.stages.items()):
         where = f"{src}: stages.{name}"
+        if not NAME.fullmatch(name) or name in RESERVED:
+            raise RecipeError(f"{where}: a stage name is a directory and an override key: use letters, digits, "
+                              f"'_' and '-'{' (and not ' + name + ')' if name in RESERVED else ''}")
+        _check_numbers(st, f"{where}.")
+        if isinstance(st, GRPOStage):
+            if st.epsilon_high < st.epsilon:
+                raise RecipeError(f"{where}.epsilon_high: {st.epsilon_high} is below epsilon {st.epsilon}")
+            _check_rewards(st, where)
         if st.init_from is not None and st.init_from not in names[:i]:
             raise RecipeError(f"{where}.init_from: {st.init_from!r} is not an earlier stage (earlier: {names[:i] or 'none'})")
         for key, mix in (("mix", st.mix), ("eval.mix", st.eval.mix)):
@@ -387,6 +463,8 @@ def _check(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.reward_crash_limit: must be a fraction in [0, 1], got {st.reward_crash_limit}")
         if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
             raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
+        if isinstance(st, GRPOStage):
+            _check_async(st, where)
     for i, b in enumerate(r.cfg.benchmarks):
         if b.after != "exports" and b.after not in names:
             raise RecipeError(f"{src}: benchmarks.{i}.after: {b.after!r} is neither 'exports' nor a stage ({', '.join(names)})")
@@ -404,11 +482,35 @@ def _check(r: Recipe, path: Path) -> None:
                 load_suite(suite_ref(st.local_eval_suite, path))
             except SuiteError as e:
                 raise RecipeError(f"{src}: stages.{name}.local_eval_suite: {e}") from None
+    outs: dict[str, int] = {}
     for i, ex in enumerate(r.cfg.exports):
+        out = ex.out or f"exports/{ex.kind}"
+        if out in outs:
+            raise RecipeError(f"{src}: exports.{i}: writes {out}, as exports.{outs[out]} does")
+        outs[out] = i
+        if ex.out and Path(ex.out).exists() and not Path(ex.out).is_dir():
+            raise RecipeError(f"{src}: exports.{i}.out: {ex.out} exists and is not a directory")
         if ex.stage not in names:
             raise RecipeError(f"{src}: exports.{i}.stage: no stage named {ex.stage!r} (stages: {', '.join(names)})")
         if ex.kind not in ("instruct", "think"):
             raise RecipeError(f"{src}: exports.{i}.kind: must be instruct or think, got {ex.kind!r}")
+
+
+def _check_async(st: GRPOStage, where: str) -> None:
+    if st.async_steps < 0:
+        raise RecipeError(f"{where}.async_steps: must be >= 0, got {st.async_steps}")
+    if not 1 <= st.weight_sync_steps <= st.async_steps + 1:
+        raise RecipeError(f"{where}.weight_sync_steps: must be in [1, async_steps + 1 = {st.async_steps + 1}] "
+                          f"(weights older than async_steps would break the staleness bound), got {st.weight_sync_steps}")
+    if st.async_steps and st.engine == "vllm" and st.vllm_mode == "colocate":
+        raise RecipeError(f"{where}.async_steps: async RL needs the engine in its own process "
+                          "(vllm_mode: server, same or other GPUs) or engine: hf; colocate sleeps vLLM while training")
+    from posttrain.launch import world_size
+    if st.async_steps and st.mini_batches > 1:
+        raise RecipeError(f"{where}.async_steps: not yet with mini_batches > 1 (staleness is counted in optimizer "
+                          "steps, one per generation batch)")
+    if st.async_steps and st.engine == "hf" and world_size() > 1:
+        raise RecipeError(f"{where}.async_steps: the hf engine is for CPU and tests; on several GPUs use vllm_mode: server")
 
 
 def resolve_file(ref: str, recipe: Recipe) -> Path:

@@ -2,9 +2,10 @@
 
 Standard library only, and no import of `reward`: this file is executed, not imported, by a
 fresh interpreter that must not pull the trainer's code in. Steps: read config, (as root in
-fresh namespaces) hide the host's writable and private dirs, drop to a throwaway uid, set
-rlimits, then run the untrusted code against the tests and print one result line tagged
-with a nonce that the code never sees on stdin/argv/env.
+fresh namespaces) move into a new root that holds the interpreter and its libraries read-only
+and nothing else of the host, drop to a throwaway uid, set rlimits, then run the untrusted code
+against the tests and print one result line tagged with a nonce that the code never sees on
+stdin/argv/env.
 """
 
 import ctypes
@@ -15,7 +16,8 @@ import resource
 import signal
 import sys
 
-MS_NOSUID, MS_NODEV, MS_BIND = 2, 4, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+DEVICES = ("null", "zero", "full", "random", "urandom")
 
 
 def _mount(libc, src, dst, fstype, flags, data):
@@ -26,48 +28,52 @@ def _mount(libc, src, dst, fstype, flags, data):
         raise OSError(err, f"mount {src} on {dst}: {os.strerror(err)}")
 
 
-def _hidden_root(path):
-    """Topmost ancestor of `path` that other users cannot traverse (e.g. /root), or None."""
-    parts = os.path.abspath(path).split("/")[1:]
-    for i in range(1, len(parts) + 1):
-        anc = "/" + "/".join(parts[:i])
-        if os.path.isdir(anc) and not os.stat(anc).st_mode & 0o001:
-            return anc
-    return None
+def _bind(libc, src, dst, readonly):
+    if os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+    else:  # a file or device node is mounted over an empty file
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        open(dst, "a").close()
+    _mount(libc, src, dst, None, MS_BIND, None)
+    if readonly:  # a bind takes its flags from a second, remounting call
+        _mount(libc, "none", dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
 
 
 def isolate(cfg):
-    """Root, inside unshare's mount/pid/net namespaces: nothing here touches the host's mounts."""
+    """Root, inside unshare's mount/pid/net namespaces (nothing here touches the host's mounts):
+    build a new root on an empty tmpfs holding only read-only binds of the interpreter and the
+    library dirs (`expose`), a few device nodes, a fresh /proc of the new pid namespace, private
+    /tmp and /dev/shm, and the work dir at /tmp/sandbox; then chroot into it. The code runs as a
+    throwaway uid afterwards, which cannot chroot back out (no CAP_SYS_CHROOT) and holds no
+    descriptor of a host directory."""
     libc = ctypes.CDLL(None, use_errno=True)
-    keep = {p: os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in cfg["expose"] if os.path.isdir(p)}
-    work_fd = os.open(cfg["workdir"], os.O_RDONLY | os.O_DIRECTORY)
-    # World-writable dirs are the only host places the dropped uid could write: cover them
-    # with throwaway tmpfs so "escaped" files vanish with the namespace.
-    for d in cfg["private_dirs"]:
-        if os.path.isdir(d):
-            _mount(libc, "tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
-    # The interpreter may live under a private dir (/root/.pyenv): cover that dir with an empty
-    # tmpfs (hiding its secrets) and bind back only the parts Python needs, read via held fds.
-    covered = set()
-    for path, fd in keep.items():
-        if any(path == d or path.startswith(d + "/") for d in cfg["private_dirs"]):
-            # A venv under /tmp (a CI clone) vanished under the tmpfs above: bind it back.
-            os.makedirs(path, exist_ok=True)
-            _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND, None)
-            continue
-        top = _hidden_root(path)
-        if top is None:
-            continue
-        if top not in covered:
-            _mount(libc, "tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-            covered.add(top)
-        os.makedirs(path, exist_ok=True)
-        _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND, None)
-    os.makedirs("/tmp/sandbox", exist_ok=True)
-    _mount(libc, f"/proc/self/fd/{work_fd}", "/tmp/sandbox", None, MS_BIND, None)
+    root = cfg["root"]
+    _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID, "size=1m,mode=755")
+    for d in ("/tmp", "/dev/shm"):  # the only writable places besides the work dir
+        os.makedirs(root + d, exist_ok=True)
+        _mount(libc, "tmpfs", root + d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+    for path in cfg["expose"]:
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib stays a link into the new root
+            os.makedirs(os.path.dirname(root + path), exist_ok=True)
+            os.symlink(os.readlink(path), root + path)
+        elif os.path.exists(path):
+            _bind(libc, path, root + path, readonly=True)
+    for dev in DEVICES:
+        if os.path.exists("/dev/" + dev):
+            _bind(libc, "/dev/" + dev, root + "/dev/" + dev, readonly=False)
+    os.makedirs(root + "/proc")
+    _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    _bind(libc, cfg["workdir"], root + "/tmp/sandbox", readonly=False)
+    # Made-up user databases, so user lookups (expanduser, getpass) work without the host's.
+    uid = cfg["uid"] if cfg["uid"] is not None else os.getuid()
+    os.makedirs(root + "/etc", exist_ok=True)
+    with open(root + "/etc/passwd", "w") as f:
+        f.write(f"root:x:0:0:root:/root:/bin/false\nsandbox:x:{uid}:{uid}:sandbox:/tmp:/bin/false\n")
+    with open(root + "/etc/group", "w") as f:
+        f.write(f"root:x:0:\nsandbox:x:{uid}:\n")
+    _mount(libc, "none", root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID, "size=1m,mode=755")
+    os.chroot(root)
     os.chdir("/tmp/sandbox")
-    for fd in [work_fd, *keep.values()]:
-        os.close(fd)
 
 
 def drop_privileges(uid):

@@ -10,14 +10,19 @@ whole process group. What else is enforced depends on the host, see `enforcement
   - processes: new pid namespace; when its init (the harness) dies the kernel kills every
     process in it, so fork bombs leave nothing behind; RLIMIT_NPROC on a random throwaway
     uid (root ignores RLIMIT_NPROC, so the harness drops to that uid) caps the bomb's size;
-  - filesystem: the uid owns nothing on the host, so it can only write to world-writable
-    dirs (/tmp, /var/tmp, /dev/shm, /run/lock) which get private tmpfs mounts in a new
-    mount namespace; its own work dir is bind-mounted at /tmp/sandbox. Non-traversable dirs
-    the interpreter lives under (/root) are replaced by an empty tmpfs plus a bind of the
-    interpreter only, so /root's other contents are hidden.
+  - filesystem: a new root (mount namespace + chroot, set up by the harness as root before
+    the uid drop) that holds, read-only, the interpreter (its prefix; the venv too when
+    `site_packages`) and the system library dirs it links against (`_expose()`), a few device
+    nodes (null, zero, full, random, urandom), a /proc of its own pid namespace, private tmpfs
+    /tmp and /dev/shm, and its own work dir at /tmp/sandbox (cwd). Nothing else of the host
+    exists there: not /etc (except ld.so.cache), /home, /root, the project tree or the
+    trainer's checkpoints. The uid owns nothing, so only /tmp, /dev/shm and its work dir
+    are writable, and all three vanish with the run. bubblewrap would do the same, but is
+    not installed by `pip`; unshare (util-linux) is on every Debian/Ubuntu base image.
 * otherwise ("rlimits"): same rlimits with RLIMIT_NPROC low enough to forbid forking, socket
   functions replaced in the child before the code runs (a determined program can get round
-  that, e.g. via ctypes), and files are written as the trainer's user.
+  that, e.g. via ctypes), and files are read and written as the trainer's user (the host's
+  whole filesystem is visible: run RL with code rewards as root, or in a container).
 
 Always: RLIMIT_CPU, RLIMIT_AS (per process: with no cgroups the total is nproc x memory),
 RLIMIT_FSIZE, no core dumps, per-case SIGALRM timeouts, wall timeout with killpg.
@@ -47,7 +52,10 @@ from pathlib import Path
 from typing import Any
 
 HARNESS = str(Path(__file__).with_name("_sandbox_harness.py"))
-PRIVATE_DIRS = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"]
+PRIVATE_DIRS = ["/tmp", "/dev/shm"]  # writable in the sandbox's root, each a fresh tmpfs
+# Where shared libraries live (merged-/usr systems link /lib* to /usr/lib*; links are recreated).
+LIBRARY_DIRS = ["/lib", "/lib32", "/lib64", "/libx32", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32",
+                "/etc/ld.so.cache"]
 UNSHARE = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc"]
 # Random uids from a range no distro hands out, so concurrent runs never share a NPROC budget.
 UID_RANGE = (1_000_000, 2_000_000_000)
@@ -84,19 +92,25 @@ def enforcement() -> dict[str, Any]:
         probe = subprocess.run([*UNSHARE, "mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True, timeout=10)
         ns = probe.returncode == 0
     return {"mode": "namespaces" if ns else "rlimits", "net_namespace": ns, "pid_namespace": ns,
-            "private_tmp": ns, "uid_drop": root, "nproc_limit": True,
+            "private_tmp": ns, "private_root": ns, "uid_drop": root, "nproc_limit": True,
             "cpu_limit": True, "memory_limit": True, "wall_kill": True}
 
 
 def _command(site_packages: bool) -> list[str]:
-    # -S skips site (and the venv's .pth finders): ~3x faster start, stdlib only.
-    python = [sys.executable, "-I", *([] if site_packages else ["-S"]), HARNESS]
+    # -S skips site (and the venv's .pth finders): ~3x faster start, stdlib only, and then the
+    # base interpreter runs directly, so the venv (inside the project tree) need not be visible.
+    exe = sys.executable if site_packages else os.path.realpath(sys.executable)
+    python = [exe, "-I", *([] if site_packages else ["-S"]), HARNESS]
     return [*UNSHARE, *python] if enforcement()["net_namespace"] else python
 
 
-def _expose() -> list[str]:
-    # Dirs the interpreter must read after the uid drop (the venv and its base install).
-    return sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))})
+def _expose(site_packages: bool = False) -> list[str]:
+    """Host paths the sandbox's root shows read-only: the interpreter's install (and the venv
+    with its site-packages when the code may import them) and the system library dirs."""
+    interp = {sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    if site_packages:
+        interp.add(sys.prefix)
+    return LIBRARY_DIRS + sorted(interp)
 
 
 def _parse(stdout: bytes, nonce: str) -> dict | None:
@@ -123,8 +137,9 @@ def run(job: dict[str, Any], limits: Limits = Limits(), site_packages: bool = Fa
     if uid is not None:
         os.chown(work, uid, uid)
     nonce = secrets.token_hex(16)
-    cfg = {**job, "nonce": nonce, "workdir": str(work), "uid": uid, "isolate": info["net_namespace"],
-           "private_dirs": PRIVATE_DIRS, "expose": _expose(), "cpu_s": limits.cpu_s,
+    (base / "root").mkdir(mode=0o700)  # mount point of the sandbox's own root
+    cfg = {**job, "nonce": nonce, "workdir": str(work), "root": str(base / "root"), "uid": uid,
+           "isolate": info["net_namespace"], "expose": _expose(site_packages), "cpu_s": limits.cpu_s,
            "case_s": limits.case_s, "memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb,
            "max_output": limits.max_output,
            # Without a uid of its own the count includes the trainer's threads: forbid forks.

@@ -76,3 +76,19 @@ def test_stage_metrics_finds_a_cut_stage_in_its_attempt_folder(tmp_path):
     assert (tmp_path / "o" / "2x_rl_metrics.jsonl").is_file()  # the per-step log comes back beside the JSON
     with pytest.raises(SystemExit, match="no metrics.jsonl for stage 'sft'"):
         stage_metrics.find_metrics(tmp_path / "run", "sft")
+
+
+def test_async_rl_benchmark_lengths_and_smoke(tmp_path):
+    """Long-tailed lengths: mean ~2K after the 16K cap, the same draw in every mode; both modes
+    run on the HF engine and report throughput, blocked share and staleness."""
+    import async_rl
+    f = async_rl.length_fn("lognormal:2048:16384")
+    xs = [f(i, j) for i in range(4000) for j in range(8)]
+    assert 1900 < sum(xs) / len(xs) < 2150 and max(xs) == 16384 and sorted(xs)[len(xs) // 2] < 1400
+    assert f(5, 3) == async_rl.length_fn("lognormal:2048:16384")(5, 3)
+    small = ["--steps", "3", "--prompts", "2", "--rollouts", "4", "--micro-batch", "4", "--lengths", "lognormal:6:12"]
+    sync = async_rl.main(["--mode", "sync", *small, "--out", str(tmp_path / "s.json")])
+    asy = async_rl.main(["--mode", "async", "--async-steps", "1", *small, "--out", str(tmp_path / "a.json")])
+    assert sync["completion_tokens_per_s"] > 0 and asy["completion_tokens_per_s"] > 0
+    assert asy["async"]["async/staleness_max"] <= 1 and 0 <= asy["blocked_on_rollouts_frac"] <= 1
+    assert max(r["completions/max_length"] for r in asy["per_step"]) <= 12

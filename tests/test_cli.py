@@ -63,3 +63,30 @@ def test_mix_reports_verifier_labels_and_their_rewards(tmp_path, capsys, monkeyp
     assert re.search(r"math\s+\|?\s*2\s+\|?\s*math", out) and re.search(r"code_stdio\s+\|?\s*1\s+\|?\s*NONE", out)
     assert main(["mix", str(tmp_path / "mix.yaml")]) == 0  # default routes: code takes code_stdio
     assert re.search(r"code_stdio\s+\|?\s*1\s+\|?\s*code", capsys.readouterr().out)
+
+
+def test_offline_dry_run_and_doctor_say_so_once(tmp_path, capsys, caplog, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    from posttrain import hub
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(k, "0")  # restored after the test, though go_offline() sets it
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    hub.hub_problem.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text("sources:\n  - path: someorg/some-dataset\n")
+    (tmp_path / "r.yaml").write_text(f"name: t\noutput_dir: {tmp_path}/run\nstages:\n  sft:\n    kind: sft\n"
+                                     f"    mix: {tmp_path}/m.yaml\n    learning_rate: 1.0e-4\n")
+    try:
+        assert main(["run", str(tmp_path / "r.yaml"), "--dry-run"]) == 0
+        out = capsys.readouterr()
+        lines = [r.getMessage() for r in caplog.records if "hub" in r.getMessage() or "Retry" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith("hub: http://127.0.0.1:9 unreachable"), lines
+        assert "unresolved" in out.out and not (tmp_path / "run").exists()
+        assert main(["doctor"]) == 0
+        assert re.search(r"hub\s+unreachable: http://127.0.0.1:9 unreachable", capsys.readouterr().out)
+    finally:
+        hub.hub_problem.cache_clear()

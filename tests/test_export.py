@@ -5,6 +5,8 @@ A tiny random model saved as a fake finished stage stands in for training (no tr
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import types
@@ -167,6 +169,47 @@ def test_crash_keeps_previous_export(run, tmp_path, monkeypatch):
         ex.export_stage(run, "dpo", "think", out, force=True)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+KILL_AT = {  # a real SIGKILL (no cleanup runs) at a chosen point of an export in a child process
+    "verify": "ex._verify = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)",
+    "swap": "ex.replace_dir = lambda tmp, out: (out.rename(out.parent / f'.{out.name}.old-1'), "
+            "os.kill(os.getpid(), signal.SIGKILL))",
+}
+
+
+def killed_export(run, out, at, force=False):
+    argv = [str(run), "--stage", "sft", "--as", "think", "--out", str(out)] + (["--force"] if force else [])
+    code = f"import os, signal, sys\nfrom posttrain import export as ex\n{KILL_AT[at]}\nsys.exit(ex.main({argv!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+
+
+def test_rerun_after_killed_export_leaves_no_temp_dir(run, tmp_path):
+    out = tmp_path / "exports" / "think"
+    killed_export(run, out, "verify")
+    left = list(out.parent.glob(".think.tmp-*"))
+    assert len(left) == 1 and (left[0] / "model.safetensors").is_file() and not out.exists()
+    ex.export_stage(run, "sft", "think", out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["think"]
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
+
+
+def test_rerun_after_kill_mid_swap_leaves_no_old_dir(run, tmp_path):
+    out = ex.export_stage(run, "sft", "think", tmp_path / "think")
+    killed_export(run, out, "swap", force=True)
+    assert not out.exists() and {p.name.split("-")[0] for p in tmp_path.iterdir()} == {".think.old", ".think.tmp"}
+    ex.export_stage(run, "sft", "think", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["think"]
+
+
+def test_a_live_exports_temp_dir_is_left_alone(run, tmp_path):
+    out = tmp_path / "think"
+    busy = tmp_path / f".think.tmp-{os.getppid()}-1"  # pid of a process that is running
+    busy.mkdir()
+    ex.export_stage(run, "sft", "think", out)
+    assert busy.is_dir() and out.is_dir()
 
 
 def test_missing_stage_is_one_line(run, tmp_path):

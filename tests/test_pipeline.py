@@ -71,9 +71,15 @@ def test_run_then_skip_then_rerun_on_override(recipe_file, tmp_path):
     assert manifest["train"]["rows"] == 64 and len(done.key) == 16
     assert any("loss" in json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
 
+    # weights get the mode of the files beside them (safetensors alone writes 0600)
+    assert (out / "model" / "model.safetensors").stat().st_mode & 0o777 == (out / "model" / "config.json").stat().st_mode & 0o777
+    trash = tmp_path / "run" / ".sft.old-123"  # what a kill between the swap's renames leaves
+    (trash / "model").mkdir(parents=True)
+
     t = time.time()
     again = Pipeline(load_recipe(path)).run(only="sft")
     assert again[0].action == "skipped" and time.time() - t < 5
+    assert not trash.exists()
     assert read_done(out).key == done.key
 
     changed = Pipeline(load_recipe(path, ["stages.sft.learning_rate=1e-4"]))

@@ -28,7 +28,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -43,6 +43,10 @@ _FORMAT_COLUMNS = {"messages", "prompt", "completion", "chosen", "rejected", "so
 
 class MixError(ValueError):
     """A data-mix problem, one line naming the file, source and row."""
+
+
+class SourceUnavailable(MixError):
+    """A hub source that could not be fetched here (offline): a dry run plans without it."""
 
 
 @dataclass
@@ -111,6 +115,9 @@ def load_mix_config(path: str | Path) -> MixConfig:
         key = getattr(e, "full_key", "") or ""
         raise MixError(f"{path}: {key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
     except Exception as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        if mark is not None and problem:  # a YAML error: its line and key (duplicate keys)
+            raise MixError(f"{path}: line {mark.line + 1}: not valid YAML: {problem}") from None
         raise MixError(f"{path}: not a valid data mix: {str(e).splitlines()[0]}") from None
     if not cfg.sources:
         raise MixError(f"{path}: sources: a mix needs at least one source")
@@ -119,8 +126,12 @@ def load_mix_config(path: str | Path) -> MixConfig:
     for i, s in enumerate(cfg.sources):
         if s.count is not None and s.fraction is not None:
             raise MixError(f"{path}: sources.{i}: give count or fraction, not both")
-        if (s.count is not None and s.count < 0) or (s.fraction is not None and s.fraction < 0):
+        if (s.count is not None and s.count < 0) or (s.fraction is not None and not 0 <= s.fraction < float("inf")):
             raise MixError(f"{path}: sources.{i}: count/fraction must be >= 0")
+        if s.max_chars is not None and s.max_chars < 1:
+            raise MixError(f"{path}: sources.{i}.max_chars: must be >= 1, got {s.max_chars}")
+    if not 0 <= cfg.seed < 2**32:
+        raise MixError(f"{path}: seed: must be >= 0 and < 2**32, got {cfg.seed}")
     return cfg
 
 
@@ -183,6 +194,10 @@ def _message(m: dict) -> dict:
     (a parquet struct column gives every message every field)."""
     return {"role": m.get("role"), "content": m.get("content"),
             **{k: v for k, v in m.items() if k not in ("role", "content") and v is not None}}
+
+
+def _is_hub_id(path: str) -> bool:
+    return not path.startswith(("builtin:", ".", "/")) and not Path(path).exists()
 
 
 def _as_messages(x: Any, role: str) -> list[dict]:
@@ -363,7 +378,9 @@ def _take(rows: list, n: int, rng: random.Random) -> list:
     return out + rng.sample(rows, n - len(out))
 
 
-def resolve_mix(path: str | Path) -> ResolvedMix:
+def resolve_mix(path: str | Path, check: Callable[[dict], str | None] | None = None) -> ResolvedMix:
+    """`check(row)`: what a consumer finds wrong with a canonical row (posttrain/data/validate.py),
+    or None; such rows fail or are dropped like malformed ones."""
     path = Path(path)
     cfg = load_mix_config(path)
     fmt, rng = cfg.format, random.Random(cfg.seed)
@@ -379,21 +396,26 @@ def resolve_mix(path: str | Path) -> ResolvedMix:
         except MixError as e:
             raise MixError(f"{where}: {e}") from None
         except Exception as e:
-            raise MixError(f"{where}: could not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            err = SourceUnavailable if _is_hub_id(s.path) and not (path.parent / s.path).exists() else MixError
+            raise err(f"{where}: could not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if s.columns:
             raw = [{s.columns.get(k, k): v for k, v in r.items()} if isinstance(r, dict) else r for r in raw]
         src_fmt = _source_format(raw, cfg.format, where)
         if fmt is not None and src_fmt != fmt:
             raise MixError(f"{where}: its columns make it a {src_fmt!r} source, but earlier sources are {fmt!r}")
         fmt = src_fmt
-        good, invalid, filtered = [], 0, 0
+        good, invalid, filtered, reasons = [], 0, 0, {}
         for j, r in enumerate(raw):
             try:
                 c = canonicalize(r, fmt)
+                why = check(c) if check else None
+                if why:
+                    raise ValueError(why)
             except (ValueError, KeyError, TypeError) as e:
                 if not cfg.skip_invalid:
                     raise MixError(f"{where}: row {j}: {e} (set skip_invalid: true to drop such rows)") from None
                 invalid += 1
+                reasons[str(e)[:120]] = reasons.get(str(e)[:120], 0) + 1
                 continue
             if (s.max_chars and len(_text(c)) > s.max_chars) or (banned and prompt_text(c) in banned):
                 filtered += 1
@@ -402,7 +424,8 @@ def resolve_mix(path: str | Path) -> ResolvedMix:
         n = s.count if s.count is not None else round((1.0 if s.fraction is None else s.fraction) * len(good))
         taken = _take(good, n, rng)
         sources.append({"path": s.path, "split": s.split, "available": len(raw), "valid": len(good),
-                        "invalid_dropped": invalid, "filtered": filtered, "taken": len(taken),
+                        "requested": s.count, "invalid_dropped": invalid, "invalid_reasons": reasons,
+                        "filtered": filtered, "taken": len(taken),
                         "sha256": rows_hash(taken)})
         out += taken
     before = len(out)

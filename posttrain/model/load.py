@@ -83,5 +83,18 @@ def load_model(source: str | Path, dtype: str = "float32", attn_implementation: 
     return model
 
 
+def usual_file_modes(root: str | Path) -> None:
+    """Give every `*.safetensors` under `root` the mode an ordinary new file gets (0o666 less the
+    umask, 0644 usually). safetensors >= 0.8 writes through a temp file created 0600 and renames it
+    (safetensors/safetensors#782, fix pending in #789), so other users and containers could not
+    read the weights while config.json beside them is world-readable."""
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in Path(root).rglob("*.safetensors"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o666 & ~mask)
+
+
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -5,7 +5,8 @@ active sampling (groups whose rollouts all got the same reward carry no advantag
 are dropped and more prompts are drawn until the batch is full) and pass-rate skipping
 (a prompt solved at least `skip_solved_rate` of the time is not drawn again). Both need a
 prompt source the stage controls, with state that survives a resume, so a killed run
-never replays prompts it already used.
+never replays prompts it already used. With async RL, prompts are drawn steps before they are
+trained on: `pending` (drawn, still in flight at a checkpoint) is saved and served first on resume.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class PromptQueue:
         self.epoch, self.pos = 0, 0
         self.solved: dict[int, list[int]] = {}  # row index -> [solved completions, completions]
         self.skipped = 0
+        self.pending: list[int] = []  # drawn before a checkpoint, not yet trained on: served first
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> list[int]:
@@ -36,7 +38,8 @@ class PromptQueue:
 
     def take(self, n: int) -> list[int]:
         """Next n prompt indices, skipping retired ones; a full pass of retired prompts stops the run."""
-        out, scanned = [], 0
+        out, scanned = self.pending[:n], 0
+        self.pending = self.pending[n:]
         while len(out) < n:
             if self.pos >= len(self._order):
                 self.epoch, self.pos = self.epoch + 1, 0
@@ -56,12 +59,14 @@ class PromptQueue:
         s, t = self.solved.get(i, (0, 0))
         self.solved[i] = [s + solved, t + total]
 
-    def state_dict(self) -> dict:
+    def state_dict(self, in_flight: list[int] = ()) -> dict:
+        """`in_flight`: prompts drawn but not yet trained on (async RL); a resumed run trains them first."""
         return {"epoch": self.epoch, "pos": self.pos, "skipped": self.skipped,
-                "solved": {str(k): v for k, v in self.solved.items()}}
+                "pending": list(in_flight) + self.pending, "solved": {str(k): v for k, v in self.solved.items()}}
 
     def load_state_dict(self, st: dict) -> None:
         self.epoch, self.pos, self.skipped = st["epoch"], st["pos"], st.get("skipped", 0)
+        self.pending = list(st.get("pending", []))
         self.solved = {int(k): v for k, v in st["solved"].items()}
         self._order = self._epoch_order()
 

@@ -6,7 +6,9 @@ masking, truncated importance sampling against vLLM's logprobs. What it lacks is
 `ActiveGRPOTrainer`: prompts come from a `PromptQueue` that retires prompts solved >= 87.5% of
 the time, zero-variance groups are dropped and the batch refilled with fresh prompts (active
 sampling), and the queue's state rides in every checkpoint so a resumed run never replays
-prompts. Rewards come from `reward/` by name and weight.
+prompts. Rewards come from `reward/` by name and weight. With `async_steps: N` a rollout producer
+(`rollout/producer.py`) generates up to N steps ahead and hands finished groups to TRL's
+`rollout_func`; everything above works on them unchanged.
 
 setup (policy, prompts, rewards, engine) -> train -> cleanup (save, eval).
 Run it through the pipeline: `posttrain run tiny --stage rl`.
@@ -27,6 +29,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from posttrain.data.templates import generation_prefix
 from posttrain.metrics import ThroughputCallback
+from posttrain.rollout import async_stage
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
 from posttrain.rollout.vllm_engine import prepare_vllm
 from posttrain.launch import local_rank, rank, world_size
@@ -156,6 +159,8 @@ class ActiveGRPOTrainer(GRPOTrainer):
         # summed per optimizer step; the rest of TRL's step_time is training.
         self._split = {"rollout": 0.0, "sync": 0.0, "new_tokens": 0.0}
         self._new_tokens = 0  # this process's completion tokens since the last gather
+        self.rollouts = None  # async RL: a RolloutProducer (rollout/async_stage.attach)
+        self._groups = []  # the producer's groups for the round TRL is scoring (read by its rollout_func)
         if self.use_vllm:
             sync = self.vllm_generation.sync_weights
 
@@ -185,12 +190,19 @@ class ActiveGRPOTrainer(GRPOTrainer):
             self._new_tokens += sum(len(c) for c in out[1])  # completion_ids, before any masking
         return out
 
-    def _round(self, n_prompts: int) -> tuple[dict, list[bool]]:
-        """Generate and score one batch of fresh prompts; record pass rates; say which groups carry signal."""
+    def _round(self, n_prompts: int, first: bool = True) -> tuple[dict, list[bool]]:
+        """Generate and score one batch of fresh prompts; record pass rates; say which groups carry signal.
+        Async: the step's first round takes the producer's oldest groups, a refill orders fresh ones."""
         g = self.num_generations
-        idx = self.queue.take(n_prompts)
+        if self.rollouts is None:
+            idx = self.queue.take(n_prompts)
+        else:
+            self._groups = self.rollouts.primary(n_prompts) if first else self.rollouts.refill(n_prompts)
+            idx = [gr.idx for gr in self._groups]
         inputs = [dict(self.prompt_rows[i]) for i in idx for _ in range(g)]
         out = super()._generate_and_score_completions(inputs)
+        if self.rollouts is not None:
+            self._log_async_round(out)
         w = self.reward_weights.to(self._last_rewards.device)
         total = (torch.nan_to_num(self._last_rewards, nan=0.0) * w).sum(dim=1)
         lo = self.accelerator.process_index * len(inputs)
@@ -205,9 +217,12 @@ class ActiveGRPOTrainer(GRPOTrainer):
             return super()._generate_and_score_completions(inputs)
         g, t0 = self.num_generations, time.perf_counter()
         want = len(inputs) // g  # groups this process trains on per generation batch
+        if self.rollouts is not None:
+            self._split["sync"] += self.rollouts.step_start(self.model, self.state.global_step, self.state.max_steps)
+            self._last_loaded_step = self.state.global_step  # the producer pushed the weights, not TRL
         kept, rounds, seen, dropped, need = [], 0, 0, 0, want
         while True:
-            out, signal = self._round(need)
+            out, signal = self._round(need, first=rounds == 0)
             rounds += 1
             seen += len(signal)
             keep = signal if self.active else [True] * len(signal)
@@ -246,11 +261,20 @@ class ActiveGRPOTrainer(GRPOTrainer):
         for k, v in rollout_gap(batch).items():
             if v is not None:
                 m[k].append(v)
+        for k, v in (self.rollouts.step_metrics() if self.rollouts is not None else {}).items():
+            m[k].append(v)
         new = self.accelerator.gather(torch.tensor([self._new_tokens], device=self.accelerator.device)).sum()
         self._split["new_tokens"] += float(new)
         self._new_tokens = 0
         self._split["rollout"] += time.perf_counter() - t0
         return batch
+
+    def _log_async_round(self, out: dict) -> None:
+        from posttrain.rollout.producer import gap_by_lag
+        m, step = self._metrics["train"], self.state.global_step
+        for k, v in gap_by_lag(out, [step - gr.version for gr in self._groups], self.num_generations).items():
+            m[k].append(v)
+        self.rollouts.log(self._groups, self.accelerator.process_index)
 
     def training_step(self, *a, **kw):
         out = super().training_step(*a, **kw)
@@ -267,7 +291,8 @@ class ActiveGRPOTrainer(GRPOTrainer):
         # complete (StageContext.resume_checkpoint), so a complete checkpoint always has the queue.
         ck = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         ck.mkdir(parents=True, exist_ok=True)
-        (ck / queue_file(self.queue.rank)).write_text(json.dumps(self.queue.state_dict()))
+        in_flight = self.rollouts.in_flight() if self.rollouts is not None else []
+        (ck / queue_file(self.queue.rank)).write_text(json.dumps(self.queue.state_dict(in_flight)))
         super()._save_checkpoint(model, trial)
 
 
@@ -361,6 +386,8 @@ def run(ctx: StageContext) -> dict:
     funcs, weights = build_rewards(st.rewards, generation_prefix(ctx.chat_template))
     warn_geometry(ctx, geometry(st, world_size()))
     args = grpo_config(st, ctx.trainer_dir, weights, stop_token_ids=end_token_ids(tok))
+    if st.async_steps:
+        async_stage.prepare_args(args, st)
     queue = PromptQueue(rows, seed=st.seed, skip_solved_rate=st.skip_solved_rate, rank=rank(), world=world_size())
     resume = ctx.resume_checkpoint()
     saved = Path(resume) / queue_file(rank()) if resume else None
@@ -375,11 +402,19 @@ def run(ctx: StageContext) -> dict:
     trainer = ActiveGRPOTrainer(
         model=model, args=args, reward_funcs=funcs, train_dataset=Dataset.from_list(rows), processing_class=tok,
         queue=queue, prompt_rows=rows, active=st.active_sampling, solve_threshold=st.solve_threshold,
-        reward_crash_limit=st.reward_crash_limit, callbacks=[tput, *local_eval_callbacks(ctx, tok)])
+        reward_crash_limit=st.reward_crash_limit, callbacks=[tput, *local_eval_callbacks(ctx, tok)],
+        rollout_func=async_stage.from_producer if st.async_steps else None)
+    if st.async_steps:
+        async_stage.attach(trainer, st, queue, rows, tok, ctx.work_dir,
+                           resume_step=int(Path(resume).name.split("-")[-1]) if resume else 0)
     log.info("%s: %d prompts, %d prompts x %d rollouts per step, engine %s, lr %g", ctx.name, len(rows),
              st.prompts_per_step, st.rollouts_per_prompt, st.engine, st.learning_rate)
     # train
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if trainer.rollouts is not None:
+            trainer.rollouts.close()
     summary = {"steps": trainer.state.global_step,
                "reward_last": next((h["reward"] for h in reversed(trainer.state.log_history) if "reward" in h), None),
                # main process's queue: where the next prompt would come from, and how many were skipped

@@ -152,3 +152,82 @@ def test_rlimits_fallback_blocks_sockets_and_still_runs(monkeypatch):
     assert ok.payload["passed"] == [True] and ok.uid is None
     blocked = run_asserts("import socket\nsocket.socket()", ["assert True"])
     assert blocked.payload["passed"] == [False] and "PermissionError" in blocked.payload["error"]
+
+
+# ---- the filesystem the code sees: the interpreter and its libraries, read-only, and its own tmp --
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def probe(code, site_packages=False):
+    """Run `code` that sets `found` and return found (or the error it raised)."""
+    job = {"mode": "asserts", "code": code, "tests": ["assert False, repr(found)"]}
+    r = sandbox.run(job, FAST, site_packages=site_packages)
+    assert r.status == "ok", r
+    return r.payload["error"].split(": ", 1)[1]
+
+
+def try_read(path):
+    return (f"try:\n    found = open({str(path)!r}).read()[:40]\n"
+            f"except OSError as e:\n    found = type(e).__name__\n")
+
+
+@needs_ns
+@pytest.mark.parametrize("path", ["/etc/shadow", "/etc/hostname", "/etc/hosts", ROOT / "README.md", ROOT / "pyproject.toml",
+                                  Path(__file__), Path.home() / ".bashrc", "/proc/1/environ"])
+def test_host_files_cannot_be_read(path):
+    assert probe(try_read(path)) in ("'FileNotFoundError'", "'PermissionError'")
+
+
+@needs_ns
+def test_user_database_is_made_up():
+    found = probe("import getpass, os\nfound = open('/etc/passwd').read(), getpass.getuser(), os.path.expanduser('~')")
+    passwd, user, home = eval(found)
+    assert passwd.splitlines()[0].startswith("root:x:0:0") and len(passwd.splitlines()) == 2
+    assert Path("/etc/passwd").read_text() != passwd and user == "sandbox" and home == "/tmp"
+
+
+@needs_ns
+def test_a_host_file_written_now_is_not_there(tmp_path):
+    secret = tmp_path / "checkpoint.txt"
+    secret.write_text("weights")
+    secret.chmod(0o644)
+    assert probe(try_read(secret)) == "'FileNotFoundError'"
+
+
+@needs_ns
+@pytest.mark.parametrize("site_packages", [False, True])
+def test_project_tree_cannot_be_listed(site_packages):
+    code = (f"import os\ntry:\n    found = sorted(os.listdir({str(ROOT)!r}))\n"
+            "except OSError as e:\n    found = type(e).__name__\n")
+    found = probe(code, site_packages)
+    # the venv is inside the project tree here; with site_packages it alone is shown, read-only
+    assert found == "'FileNotFoundError'" or (site_packages and found in ("['.venv']", "[]")), found
+
+
+@needs_ns
+def test_root_holds_only_the_interpreter_libraries_and_private_dirs():
+    found = probe("import os\nfound = sorted(os.listdir('/')), sorted(os.listdir('/etc')), os.getcwd(), "
+                  "sorted(p for p in os.listdir('/proc') if p.isdigit())")
+    top, etc, cwd, pids = eval(found)
+    interp_top = {Path(p).parts[1] for p in sandbox._expose()}
+    assert set(top) <= {"dev", "proc", "tmp"} | interp_top, top
+    assert set(etc) <= {"ld.so.cache", "passwd", "group"} and cwd == "/tmp/sandbox"
+    assert len(pids) <= 3  # its own pid namespace: the harness and the code, no host process
+
+
+@needs_ns
+def test_interpreter_and_libraries_are_read_only_and_tmp_is_private():
+    code = ("import os, sys\nfound = []\n"
+            "for p in [os.__file__, '/usr/lib/evil.so', sys.prefix + '/evil']:\n"
+            "    try:\n        open(p, 'a').write('x')\n        found.append('wrote ' + p)\n"
+            "    except OSError as e:\n        found.append(type(e).__name__)\n"
+            "open('/tmp/scratch', 'w').write('ok')\nfound.append(open('/tmp/scratch').read())\n"
+            "import json, ctypes, decimal\nfound.append('stdlib ok')")
+    found = eval(probe(code))
+    assert not any(f.startswith("wrote") for f in found) and found[-2:] == ["ok", "stdlib ok"], found
+    assert not Path("/tmp/scratch").exists() or Path("/tmp/scratch").read_text() != "ok"
+
+
+@needs_ns
+def test_site_packages_are_importable_when_asked():
+    assert probe("import yaml\nfound = yaml.safe_load('a: 1')", site_packages=True) == "{'a': 1}"

@@ -1,0 +1,250 @@
+"""Synchronous colocated GRPO vs async GRPO (vLLM server in its own process, same GPU), on
+long-tailed completion lengths and on a fixed length.
+
+The RL stage's own trainer on grpo_step.py's random ~1.36B Olmo Hybrid, 64 prompts x 8 rollouts,
+128-token prompts, coin-flip rewards. A random model never stops early, so each completion's
+length is drawn instead and set as that request's `max_tokens` (with `ignore_eos`):
+- `lognormal:MEAN:CAP`: log-normal with sigma 1 and mu = ln(MEAN) - 1/2 (so its mean is MEAN
+  before the cap), capped at CAP; for 2048:16384 the mean after the cap is ~2,010 tokens, the
+  median ~1,240, and ~0.5% of completions hit 16K, so most steps hold one: the tail a
+  synchronous step waits for while the engine's batch thins out.
+- `fixed:N`: every completion N tokens.
+Lengths depend only on (seed, prompt, completion), so every mode generates the same tokens.
+
+Modes:
+- `sync`: today's stage: vLLM colocated in sleep mode (generate, sleep, train, wake, sync).
+  TRL builds one SamplingParams per call, so `llm.generate` is wrapped to give each request its
+  own `max_tokens` (benchmark only).
+- `async`: `vllm serve` started here on the same GPU (`--gpu-memory-utilization`, CUDA-IPC weight
+  transfer), `async_steps` N (0 = the same server, synchronously).
+Without a GPU both run a tiny model on the HF engine (a smoke test of the code path).
+
+Reported (steady state: the first step and async's fill steps are dropped): completion tokens
+trained per second of wall time between step ends, the trainer's time blocked on rollouts over
+wall time, the rollout-vs-trainer logprob gap and KL (by staleness for async), staleness, weight
+sync time, peak memory of the trainer and the server.
+
+    python benchmarks/async_rl.py --mode sync --lengths lognormal:2048:16384 --steps 4
+    python benchmarks/async_rl.py --mode async --async-steps 2 --lengths lognormal:2048:16384 --steps 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def length_fn(spec: str, seed: int = 0):
+    """Per-completion token limit from (prompt index, completion index).
+
+    >>> f = length_fn("lognormal:2048:16384")
+    >>> f(3, 1) == f(3, 1), length_fn("fixed:512")(7, 0)
+    (True, 512)
+    >>> xs = [length_fn("lognormal:2048:16384")(i, j) for i in range(2000) for j in range(8)]
+    >>> 1900 < sum(xs) / len(xs) < 2150 and max(xs) == 16384 and min(xs) >= 1
+    True
+    """
+    kind, *p = spec.split(":")
+    if kind == "fixed":
+        return lambda idx, j: int(p[0])
+    if kind == "lognormal":
+        mean, cap = float(p[0]), int(p[1])
+        mu = math.log(mean) - 0.5  # sigma 1: E[exp(N(mu, 1))] = exp(mu + 1/2)
+        return lambda idx, j: max(1, min(cap, round(random.Random(f"{seed}/{idx}/{j}").lognormvariate(mu, 1.0))))
+    raise ValueError(f"--lengths: fixed:N or lognormal:MEAN:CAP, got {spec!r}")
+
+
+def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path) -> subprocess.Popen:
+    """`vllm serve` with the dev RLHF routes, CUDA-IPC weight transfer and processed logprobs
+    (what `trl vllm-serve` sets, trl/scripts/vllm_serve.py), on this GPU."""
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--port", str(port),
+           "--gpu-memory-utilization", str(mem), "--max-model-len", str(max_len), "--dtype", "bfloat16",
+           "--weight-transfer-config", '{"backend": "ipc"}', "--logprobs-mode", "processed_logprobs",
+           "--max-num-seqs", "1024"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    import requests
+    t0 = time.time()
+    while time.time() - t0 < 900:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    proc.kill()
+    raise TimeoutError("vllm serve did not come up in 15 min")
+
+
+def gpu_memory_by_pid() -> dict[int, float]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return {int(p): float(m) / 1024 for p, m in (x.split(",") for x in out.strip().splitlines() if x)}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=["sync", "async"], required=True)
+    ap.add_argument("--async-steps", type=int, default=1)
+    ap.add_argument("--weight-sync-steps", type=int, default=1)
+    ap.add_argument("--lengths", default="lognormal:2048:16384")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--rollouts", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--vllm-mem", type=float, default=0.35, help="colocated vLLM's share of the GPU (sync)")
+    ap.add_argument("--server-mem", type=float, default=0.4, help="the server's share of the GPU (async)")
+    ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "async_rl.json"))
+    a = ap.parse_args(argv)
+
+    from datasets import Dataset
+    from transformers import OlmoHybridForCausalLM, TrainerCallback
+
+    from benchmarks.rollout import one_b_config
+    from posttrain.metrics import MetricsWriter, ThroughputCallback, read_metrics
+    from posttrain.model.tiny import build_tiny_tokenizer
+    from posttrain.recipe import GRPOStage
+    from posttrain.rollout import async_stage
+    from posttrain.rollout.sampler import PromptQueue
+    from posttrain.stages.rl import ActiveGRPOTrainer, grpo_config
+    from posttrain.vllm_plugin import register
+    from reward.coin import coin_flip
+    register()
+
+    gpu = torch.cuda.is_available()
+    cfg = one_b_config() if gpu else one_b_config(
+        vocab=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=32)
+    tok = build_tiny_tokenizer("olmo-think", vocab_size=cfg.vocab_size)
+    cfg.pad_token_id, cfg.eos_token_id = tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(0)
+    with torch.device("cuda" if gpu else "cpu"):
+        model = OlmoHybridForCausalLM(cfg).to(torch.bfloat16 if gpu else torch.float32)
+    work = Path(tempfile.mkdtemp())
+    model.save_pretrained(work / "init", save_original_format=False)  # both engines start from this
+    tok.save_pretrained(work / "init")
+    model.name_or_path = str(work / "init")
+
+    lengths = length_fn(a.lengths)
+    cap = max(lengths(i, j) for i in range(a.prompts * (a.steps + a.async_steps + 2)) for j in range(a.rollouts))
+    rng = random.Random(0)
+    rows = [{"prompt": [{"role": "user", "content": "".join(f"<w{rng.randrange(50, cfg.vocab_size - 400)}>"
+                                                            for _ in range(a.prompt_len))}]}
+            for _ in range(a.prompts * (a.steps + a.async_steps + 2))]
+    server = None
+    if a.mode == "async" and gpu:
+        server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, work / "server.log")
+    st = GRPOStage(kind="grpo", mix="-", learning_rate=1e-6, lr_scheduler="constant", max_steps=a.steps, bf16=gpu,
+                   micro_batch_size=a.micro_batch, rollouts_per_prompt=a.rollouts, prompts_per_step=a.prompts,
+                   max_prompt_length=a.prompt_len + 64, max_completion_length=cap, mask_truncated_completions=False,
+                   engine="vllm" if gpu else "hf", vllm_mode="server" if a.mode == "async" else "colocate",
+                   vllm_server_base_url=f"http://127.0.0.1:{a.port}" if server else None,
+                   vllm_gpu_memory_utilization=a.vllm_mem, logging_steps=1, save_steps=10**6,
+                   gradient_checkpointing=gpu,  # micro-batches of 8 rows padded to the longest (16K) completion
+                   async_steps=a.async_steps if a.mode == "async" else 0, weight_sync_steps=a.weight_sync_steps)
+    args = grpo_config(st, work / "trainer", [1.0])
+    is_async = a.mode == "async"
+    if is_async:
+        async_stage.prepare_args(args, st)
+    ends: list[float] = []
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            ends.append(time.perf_counter())
+
+    metrics = MetricsWriter(work / "metrics.jsonl")
+    queue = PromptQueue(rows, seed=0)
+    trainer = ActiveGRPOTrainer(
+        model=model, args=args, reward_funcs=[coin_flip], train_dataset=Dataset.from_list(rows), processing_class=tok,
+        queue=queue, prompt_rows=rows, active=True, solve_threshold=1.0,
+        callbacks=[ThroughputCallback(metrics, "rl", cfg, st.max_prompt_length + cap), StepEnds()],
+        rollout_func=async_stage.from_producer if is_async else None)
+    ids_to_idx = {}
+    if is_async:
+        async_stage.attach(trainer, st, queue, rows, tok, work, resume_step=0,
+                           max_tokens_fn=lambda i, n: [lengths(i, j) for j in range(n)], ignore_eos=True)
+    elif gpu:  # colocated: one SamplingParams per request, same lengths as the server gets
+        for i, r in enumerate(rows):
+            ids_to_idx[tuple(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=False,
+                                                     add_generation_prompt=True))] = i
+        llm = trainer.vllm_generation.llm
+        real = llm.generate
+
+        def generate(prompts, sampling_params=None, **kw):
+            seen: dict[int, int] = {}
+            per = []
+            for p in prompts:
+                i = ids_to_idx[tuple(p["prompt_token_ids"])]
+                j = seen[i] = seen.get(i, -1) + 1
+                sp = sampling_params.clone()
+                sp.max_tokens, sp.ignore_eos = lengths(i, j), True
+                per.append(sp)
+            return real(prompts, sampling_params=per, **kw)
+        llm.generate = generate
+    t0 = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        mem = gpu_memory_by_pid()
+        if trainer.rollouts is not None:
+            trainer.rollouts.close()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
+
+    logs = [r for r in read_metrics(work / "metrics.jsonl") if "time/step_s" in r]
+    skip = 1 + (a.async_steps if is_async else 0)  # first step (autotune) and async's fill steps
+    skip = min(skip, max(len(ends) - 2, 0))
+    steady = logs[skip:]
+    tokens = [r.get("completions/mean_length", 0) * a.prompts * a.rollouts for r in logs]
+    wall = ends[-1] - ends[skip - 1] if skip else ends[-1] - t0
+    rate = sum(tokens[skip:]) / wall if wall > 0 else None
+
+    def mean(k):
+        vals = [r[k] for r in steady if r.get(k) is not None]
+        return sum(vals) / len(vals) if vals else None
+    blocked = [r.get("async/wait_s") if is_async else r.get("time/generation_s") for r in steady]
+    gap = {k: mean(k) for k in sorted({k for r in steady for k in r if k.startswith("async/")})}
+    out = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if gpu else "cpu",
+           "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
+           "lengths": a.lengths, "params": sum(p.numel() for p in model.parameters()),
+           "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),
+           "completion_tokens_per_s": rate, "wall_s_per_step": wall / max(len(steady), 1),
+           "blocked_on_rollouts_frac": sum(x or 0 for x in blocked) / wall if wall > 0 else None,
+           "logprob_gap_abs": mean("sampling/sampling_logp_difference/mean"), "kl_k3": mean("sampling/kl_k3"),
+           "is_ratio_min": mean("sampling/importance_sampling_ratio/min"),
+           "is_ratio_max": mean("sampling/importance_sampling_ratio/max"),
+           "weight_sync_s": mean("time/weight_sync_s"), "mean_completion_len": mean("completions/mean_length"),
+           "async": gap, "trainer_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
+           "gpu_gb_by_pid_at_end": {str(k): v for k, v in mem.items()}, "per_step": logs}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k != "per_step"}, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Rollout engines for async RL: each takes `RolloutJob`s and returns Futures of `RolloutGroup`s,
+and takes the trainer's weights at a version.
+
+- `HFEngine`: transformers `generate` on a copy of the policy in a background thread (CPU, CI,
+  small models). It keeps a snapshot per version still in use, so each job runs on exactly the
+  weights it was ordered with, whatever the trainer did since.
+- `VLLMServerEngine`: vLLM's OpenAI server in its own process (`vllm serve` with the dev RLHF
+  routes; `trl vllm-serve` execs the same). Requests are n=1 with a seed each, sent from an
+  asyncio loop, so every order of every step is in the engine's batch at once. A weight push
+  freezes requests in place (`/pause?mode=keep`), streams the weights, `/resume`s:
+  open-instruct's in-flight updates. Transport is vLLM's own: NCCL through TRL's
+  `VLLMGeneration.sync_weights` (engine on other GPUs), or CUDA IPC
+  (`IPCWeightTransferEngine.trainer_send_weights`, engine on the training GPU; NCCL cannot put
+  two ranks on one device).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import queue as queue_mod
+import threading
+import time
+from concurrent.futures import Future
+
+import torch
+
+from posttrain.rollout.producer import RolloutGroup, RolloutJob
+
+
+class HFEngine:
+    """Generation on a private copy of the policy, one batch of same-version jobs at a time;
+    urgent jobs (active-sampling refills) first."""
+
+    def __init__(self, model, pad_token_id: int, eos_token_ids: list[int], temperature: float, max_tokens: int,
+                 max_batch_groups: int = 64):
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.pad, self.eos, self.temperature, self.max_tokens = pad_token_id, set(eos_token_ids), temperature, max_tokens
+        self.max_batch_groups = max_batch_groups
+        self.snapshots: dict[int, dict] = {}
+        self.refs: dict[int, int] = {}  # version -> jobs submitted and not finished
+        self.loaded = None
+        self.latest = None
+        self._jobs: queue_mod.PriorityQueue = queue_mod.PriorityQueue()
+        self._n = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="hf-rollout-engine", daemon=True)
+        self._thread.start()
+
+    def sync_weights(self, model, version: int) -> None:
+        sd = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        with self._lock:
+            self.snapshots[version] = sd
+            self.latest = version
+            self._drop_unused()
+
+    def _drop_unused(self) -> None:
+        for v in [v for v in self.snapshots if v != self.latest and not self.refs.get(v)]:
+            del self.snapshots[v]
+
+    def submit(self, job: RolloutJob) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            self.refs[job.version] = self.refs.get(job.version, 0) + 1
+            self._n += 1
+            self._jobs.put((0 if job.urgent else 1, self._n, job, fut))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item[2] is None:  # close()
+                return
+            batch = [item]
+            # Same-version, same-priority jobs waiting behind it go in the same generate call.
+            while len(batch) < self.max_batch_groups:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue_mod.Empty:
+                    break
+                if nxt[2] is None or nxt[0] != item[0] or nxt[2].version != item[2].version:
+                    self._jobs.put(nxt)
+                    break
+                batch.append(nxt)
+            live = [b for b in batch if b[3].set_running_or_notify_cancel()]
+            try:
+                groups = self._generate([b[2] for b in live]) if live else []
+                for (_, _, _, fut), gr in zip(live, groups):
+                    fut.set_result(gr)
+            except BaseException as e:  # the trainer sees it at its next take
+                for _, _, _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(e)
+            finally:
+                with self._lock:
+                    for _, _, job, _ in batch:
+                        self.refs[job.version] -= 1
+                    self._drop_unused()
+
+    @torch.no_grad()
+    def _generate(self, jobs: list[RolloutJob]) -> list[RolloutGroup]:
+        v = jobs[0].version
+        if self.loaded != v:
+            with self._lock:
+                sd = self.snapshots[v]
+            self.model.load_state_dict(sd)
+            self.loaded = v
+        t0 = time.perf_counter()
+        rows = [j.prompt_ids for j in jobs for _ in range(j.n)]
+        width = max(map(len, rows))
+        dev = next(self.model.parameters()).device
+        # Left padding: the GDN layers zero padded positions, which is exact only on the left.
+        ids = torch.tensor([[self.pad] * (width - len(r)) + r for r in rows], device=dev)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=dev)
+        torch.manual_seed(jobs[0].seed)
+        max_new = max(max(j.max_tokens) if j.max_tokens else self.max_tokens for j in jobs)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature,
+                                  top_k=0, top_p=1.0, max_new_tokens=max_new, output_logits=True,
+                                  return_dict_in_generate=True, pad_token_id=self.pad, eos_token_id=sorted(self.eos))
+        new = out.sequences[:, width:]
+        # The trainer scores tokens with log_softmax(logits / T) (TRL), so the engine's logprobs are
+        # taken from the raw logits the same way: no top-k/top-p, so that is also what was sampled.
+        logits = torch.stack(out.logits, dim=1).float() / self.temperature
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, new[:, :, None]).squeeze(-1)
+        groups, r = [], 0
+        for j in jobs:
+            comps, lps = [], []
+            for c in range(j.n):
+                ids_r = new[r].tolist()
+                cap = j.max_tokens[c] if j.max_tokens else self.max_tokens
+                end = next((k + 1 for k, t in enumerate(ids_r[:cap]) if t in self.eos), min(cap, len(ids_r)))
+                comps.append(ids_r[:end])
+                lps.append(lp[r, :end].tolist())
+                r += 1
+            groups.append(RolloutGroup(j.idx, j.prompt_ids, comps, lps, v, v, {"gen_s": time.perf_counter() - t0}))
+        return groups
+
+    def close(self) -> None:
+        self._jobs.put((3, float("inf"), None, None))
+
+
+class VLLMServerEngine:
+    """A running vLLM server (`VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --weight-transfer-config
+    '{"backend": "nccl"|"ipc"}' --logprobs-mode processed_logprobs`)."""
+
+    def __init__(self, base_url: str, temperature: float, max_tokens: int, trl_generation=None,
+                 ignore_eos: bool = False, timeout_s: float = 3600.0, is_main: bool = True, world_size: int = 1,
+                 stop_token_ids: list[int] | None = None):
+        import requests
+        self.url, self.temperature, self.max_tokens, self.ignore_eos = base_url.rstrip("/"), temperature, max_tokens, ignore_eos
+        self.timeout_s = timeout_s
+        info = requests.get(f"{self.url}/server_info", params={"config_format": "json"}, timeout=60)
+        if info.status_code == 404:
+            raise RuntimeError(f"{self.url}: no /server_info; start the server with VLLM_SERVER_DEV_MODE=1")
+        cfg = info.json()["vllm_config"]
+        wt = cfg.get("weight_transfer_config") or {}
+        self.backend = wt.get("backend")
+        if self.backend not in ("nccl", "ipc"):
+            raise RuntimeError(f"{self.url}: weight transfer backend {self.backend!r}; start it with "
+                               """--weight-transfer-config '{"backend": "ipc"}' (same GPU) or nccl (other GPUs)""")
+        if cfg["model_config"].get("logprobs_mode") != "processed_logprobs":
+            raise RuntimeError(f"{self.url}: TIS needs --logprobs-mode processed_logprobs (after temperature)")
+        if self.backend == "ipc" and world_size > 1:
+            raise RuntimeError(f"{self.url}: CUDA-IPC weight transfer is for one training process on the engine's GPU; "
+                               "with several, give the server GPUs of its own (nccl)")
+        if self.backend == "nccl" and trl_generation is None:
+            raise RuntimeError("nccl weight transfer goes through TRL's VLLMGeneration (use_vllm, vllm_mode server)")
+        self.trl_generation, self.is_main = trl_generation, is_main
+        self.stop_token_ids = list(stop_token_ids or [])
+        self.model_name = requests.get(f"{self.url}/v1/models", timeout=60).json()["data"][0]["id"]
+        self.version = -1
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-rollout-client", daemon=True)
+        self._thread.start()
+        self._session = asyncio.run_coroutine_threadsafe(self._open(), self.loop).result()
+
+    async def _open(self):
+        import aiohttp  # a vLLM dependency
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                     connector=aiohttp.TCPConnector(limit=0))
+
+    def submit(self, job: RolloutJob) -> Future:
+        return asyncio.run_coroutine_threadsafe(self._group(job), self.loop)
+
+    async def _one(self, job: RolloutJob, c: int) -> tuple[list[int], list[float]]:
+        body = {"model": self.model_name, "prompt": job.prompt_ids, "n": 1, "temperature": self.temperature,
+                "top_p": 1.0, "max_tokens": job.max_tokens[c] if job.max_tokens else self.max_tokens,
+                "logprobs": 0, "seed": job.seed + c, "return_token_ids": True, "skip_special_tokens": False,
+                "ignore_eos": self.ignore_eos, "stop_token_ids": self.stop_token_ids}
+        async with self._session.post(f"{self.url}/v1/completions", json=body) as r:
+            r.raise_for_status()
+            choice = (await r.json())["choices"][0]
+        return choice["token_ids"], [float(x) for x in choice["logprobs"]["token_logprobs"]]
+
+    async def _group(self, job: RolloutJob) -> RolloutGroup:
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(self._one(job, c) for c in range(job.n)))
+        return RolloutGroup(job.idx, job.prompt_ids, [r[0] for r in res], [r[1] for r in res], job.version,
+                            self.version, {"gen_s": time.perf_counter() - t0})
+
+    def _post(self, path: str, **kw) -> None:
+        import requests
+        requests.post(f"{self.url}{path}", timeout=600, **kw).raise_for_status()
+
+    def sync_weights(self, model, version: int) -> None:
+        if self.version < 0 and version == 0:  # the server was started from the stage's starting model
+            self.version = 0
+            return
+        # Every rank takes part in the (ZeRO-3) gathers of TRL's stream; one of them pauses the server.
+        if self.is_main:
+            self._post("/pause", params={"mode": "keep"})  # requests stay in the batch, frozen
+        try:
+            if self.backend == "nccl":
+                # TRL streams every parameter (ZeRO-3: gathered one at a time) over its NCCL group.
+                type(self.trl_generation).sync_weights(self.trl_generation)
+            else:
+                self._send_ipc(model)
+        finally:
+            if self.is_main:
+                self._post("/resume")
+        self.version = version
+
+    def _send_ipc(self, model) -> None:
+        IPCWeightTransferEngine = _ipc_engine()
+
+        def params():
+            for name, p in model.named_parameters():
+                name = name.replace("_checkpoint_wrapped_module.", "").removeprefix("module.")
+                ds = getattr(p, "ds_id", None) is not None
+                if ds:  # ZeRO-3 partition: gather this one parameter
+                    import deepspeed
+                    with deepspeed.zero.GatheredParameters([p]):
+                        yield name, p.data
+                else:
+                    yield name, p.data
+        self._post("/start_weight_update", json={})
+        IPCWeightTransferEngine.trainer_send_weights(params(), {"send_mode": "http", "url": self.url, "packed": True})
+        self._post("/finish_weight_update", json={})
+
+    def close(self) -> None:
+        async def shut():
+            await self._session.close()
+        try:
+            asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _ipc_engine():
+    """vLLM's CUDA-IPC weight transfer. Its module imports `ray` at the top but uses it only for
+    send_mode="ray"; the http mode used here does not, so where ray is not installed a bare
+    stand-in covers the import and is taken back out of sys.modules right after."""
+    import importlib.util
+    import sys
+    import types
+    stub = importlib.util.find_spec("ray") is None
+    if stub:
+        sys.modules["ray"] = types.ModuleType("ray")
+    try:
+        from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
+    finally:
+        if stub:
+            sys.modules.pop("ray", None)
+    return IPCWeightTransferEngine

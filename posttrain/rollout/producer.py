@@ -1,0 +1,192 @@
+"""Asynchronous RL: a rollout producer that generates ahead of the trainer, with bounded staleness.
+
+The trainer (TRL's GRPOTrainer under DeepSpeed, `stages/rl.py`) stays the consumer: at the start
+of optimizer step t it pushes its weights (version t = optimizer steps applied) to the engine
+every `weight_sync_steps` steps, then orders the groups step t + L will train on, L = async_steps
+- weight_sync_steps + 1. The engine works on them while the trainer trains steps t..t+L-1, so a
+group is at most L + (weight_sync_steps - 1) = async_steps versions old when it is trained on;
+groups are consumed in the order they were dispatched (no drops, no bias toward short
+completions). Active-sampling refills are ordered at the current version and jump the queue.
+Same admission rule as open-instruct's `async_steps` (open_instruct/data_loader.py: it dispatches
+async_steps x batch prompts up front and waits while training_step - last_consumed > async_steps).
+
+The prompt queue's state covers what is in flight: `in_flight()` (dispatched, not trained) is
+saved as the queue's `pending` at every checkpoint and served first on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class RolloutJob:
+    """One prompt's group of completions, ordered at policy `version`."""
+    idx: int
+    prompt_ids: list[int]
+    n: int
+    version: int
+    seed: int
+    urgent: bool = False
+    max_tokens: list[int] | None = None
+    """Per-completion token limits (benchmarks draw long-tailed lengths); None = the stage's."""
+
+
+@dataclass
+class RolloutGroup:
+    idx: int
+    prompt_ids: list[int]
+    completion_ids: list[list[int]]
+    logprobs: list[list[float]]
+    """The engine's logprob of each sampled token (after temperature), for TIS."""
+    version: int
+    """Policy version (optimizer steps applied) of the weights the group was sampled with."""
+    version_end: int | None = None
+    """vLLM with in-flight updates (`pause?mode=keep`): the version when its last token came; a
+    completion that spans a weight update is sampled by both (TIS covers the newer part too)."""
+    times: dict = field(default_factory=dict)
+
+
+class RolloutProducer:
+    """Trainer-side half: what to order when, what to hand the trainer, what is in flight.
+    `engine` runs the jobs (in a background thread or a server) and returns Futures."""
+
+    def __init__(self, engine, queue, tokenize, num_generations: int, prompts_per_step: int, async_steps: int,
+                 weight_sync_steps: int = 1, max_steps: int | None = None, seed: int = 0, log_path: Path | None = None,
+                 max_tokens_fn=None):
+        self.engine, self.queue, self.tokenize = engine, queue, tokenize
+        self.g, self.want, self.n_async, self.k = num_generations, prompts_per_step, async_steps, weight_sync_steps
+        self.lookahead = async_steps - weight_sync_steps + 1
+        self.max_steps, self.seed, self.log_path, self.max_tokens_fn = max_steps, seed, log_path, max_tokens_fn
+        self.ahead: deque[tuple[int, int, Future]] = deque()  # (step it is for, idx, future), dispatch order
+        self.ordered_through = -1  # last step whose primary groups are ordered
+        self.version = -1  # last version pushed to the engine
+        self.step = 0
+        self.wait_s = 0.0
+        self._lags: list[int] = []
+        self._orders = 0
+
+    def _order(self, idxs: list[int], urgent: bool = False, step: int | None = None) -> list[Future]:
+        futs = []
+        for i in idxs:
+            self._orders += 1
+            seed = (self.seed * 1_000_003 + self._orders * 7919 + i) % (2 ** 31)
+            mt = self.max_tokens_fn(i, self.g) if self.max_tokens_fn else None
+            job = RolloutJob(i, self.tokenize(i), self.g, self.version, seed, urgent, mt)
+            futs.append(self.engine.submit(job))
+        if step is not None:
+            self.ahead.extend((step, i, f) for i, f in zip(idxs, futs))
+        return futs
+
+    def step_start(self, model, step: int, max_steps: int | None = None) -> float:
+        """Start of optimizer step `step` (0-based): push weights (every k steps), order up to
+        step + L. Returns the seconds spent pushing weights."""
+        self.step, t = step, 0.0
+        self.max_steps = max_steps or self.max_steps
+        if step % self.k == 0 or self.version < 0:
+            t0 = time.perf_counter()
+            self.engine.sync_weights(model, step)
+            self.version, t = step, time.perf_counter() - t0
+        last = step + self.lookahead
+        if self.max_steps is not None and self.max_steps > 0:
+            last = min(last, self.max_steps - 1)  # never draw prompts no step will train on
+        for s in range(max(self.ordered_through + 1, step), last + 1):
+            self._order(self.queue.take(self.want), step=s)
+            self.ordered_through = s
+        return t
+
+    def primary(self, n: int) -> list[RolloutGroup]:
+        """The groups ordered for this step, oldest first (blocks until they are done)."""
+        if len(self.ahead) < n:
+            raise RuntimeError(f"rollout producer: {n} groups wanted, {len(self.ahead)} ordered")
+        futs = [self.ahead.popleft()[2] for _ in range(n)]
+        return self._wait(futs)
+
+    def refill(self, n: int) -> list[RolloutGroup]:
+        """Fresh groups at the engine's current version, ahead of anything ordered for later steps."""
+        return self._wait(self._order(self.queue.take(n), urgent=True))
+
+    def _wait(self, futs: list[Future]) -> list[RolloutGroup]:
+        t0 = time.perf_counter()
+        out = [f.result() for f in futs]  # an engine error re-raises here, on the training thread
+        self.wait_s += time.perf_counter() - t0
+        self._lags += [self.step - gr.version for gr in out]
+        return out
+
+    def in_flight(self) -> list[int]:
+        """Prompts dispatched but not yet trained on, in dispatch order (the queue saves them as pending)."""
+        return [i for _, i, _ in self.ahead]
+
+    def step_metrics(self) -> dict[str, float]:
+        """Over every group the step took (refills included): staleness in optimizer steps, the
+        trainer's seconds blocked waiting for rollouts, groups still in flight for later steps."""
+        lag = self._lags
+        out = {"async/staleness_mean": sum(lag) / max(len(lag), 1), "async/staleness_max": float(max(lag, default=0)),
+               "async/wait_s": self.wait_s, "async/in_flight": float(len(self.ahead))}
+        self.wait_s, self._lags = 0.0, []
+        return out
+
+    def log(self, groups: list[RolloutGroup], rank: int) -> None:
+        """One line per trained group: which prompt, at which step, sampled by which version."""
+        if self.log_path is None:
+            return
+        with self.log_path.open("a") as f:
+            for gr in groups:
+                f.write(json.dumps({"step": self.step, "rank": rank, "idx": gr.idx, "version": gr.version,
+                                    "version_end": gr.version_end, "staleness": self.step - gr.version}) + "\n")
+
+    def close(self) -> None:
+        for _, _, f in self.ahead:
+            f.cancel()
+        self.ahead.clear()
+        self.engine.close()
+
+
+def trim_log(path: Path, step: int) -> None:
+    """On resume from the checkpoint after `step` steps: whatever was trained later was rolled
+    back with its weights, so its lines go (the log is then the run's real training history)."""
+    if path.is_file():
+        keep = [x for x in path.read_text().splitlines() if x and json.loads(x)["step"] < step]
+        path.write_text("".join(x + "\n" for x in keep))
+
+
+def rollout_batch(groups: list[RolloutGroup]) -> dict:
+    """`rollout_func`'s answer for TRL: one row per completion, a group's rows together."""
+    out = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
+    for gr in groups:
+        for c, lp in zip(gr.completion_ids, gr.logprobs):
+            out["prompt_ids"].append(gr.prompt_ids)
+            out["completion_ids"].append(c)
+            out["logprobs"].append(lp)
+    return out
+
+
+def gap_by_lag(batch: dict, lags: list[int], g: int) -> dict[str, float]:
+    """k3 KL(engine || trainer) and mean |logp delta| over completion tokens, per staleness: what
+    the lag adds to the engine/trainer mismatch (lag 0 is the mismatch alone).
+
+    >>> lp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.25]]))
+    >>> b = {"old_per_token_logps": lp, "sampling_per_token_logps": lp - torch.tensor([[0.0], [0.1]]),
+    ...      "completion_mask": torch.ones(2, 2)}
+    >>> {k: round(v, 4) for k, v in gap_by_lag(b, [0, 1], 1).items()}
+    {'async/kl_k3_lag0': 0.0, 'async/abs_logp_diff_lag0': 0.0, 'async/kl_k3_lag1': 0.0052, 'async/abs_logp_diff_lag1': 0.1}
+    """
+    old, samp = batch.get("old_per_token_logps"), batch.get("sampling_per_token_logps")
+    if old is None or samp is None:
+        return {}
+    row_lag = torch.tensor([lag for lag in lags for _ in range(g)], device=old.device)
+    out = {}
+    for lag in sorted(set(lags)):
+        mask = batch["completion_mask"].bool() & ~torch.isnan(samp) & (row_lag == lag)[:, None]
+        log_r = (old - samp)[mask].float()
+        if log_r.numel():
+            out[f"async/kl_k3_lag{lag}"] = (log_r.exp() - 1 - log_r).mean().item()
+            out[f"async/abs_logp_diff_lag{lag}"] = log_r.abs().mean().item()
+    return out

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# GPU job for async RL (issue 21) on one H200: the RL stage's trainer on the random ~1.36B Olmo
+# Hybrid, 64 prompts x 8 rollouts, synchronous colocated vs async with `vllm serve` in its own
+# process on the same GPU (CUDA-IPC weight transfer), on long-tailed per-request lengths
+# (log-normal, mean 2048, cap 16384) and on a fixed 512. benchmarks/async_rl.py says what is measured.
+#
+#   bash scripts/gpu_async_rl.sh ROW     ROW: sync_lognormal async2_lognormal async1_lognormal
+#                                             sync_fixed512 async1_fixed512 (one device call each)
+#
+# Needs vLLM 0.26 + transformers (sets `train vllm`) in /tmp/site, staged as scripts/gpu_export.sh
+# says; aiohttp and requests must import (checked first). vLLM's IPC weight-transfer module imports
+# ray, which the sets do not carry: engines._ipc_engine covers that import (ray is used only for its
+# ray send mode). The server runs in its own process, so posttrain's vLLM plugin (GDN conv loader
+# fix) must load there too: posttrain is not pip-installed on the GPU machine, so a sitecustomize
+# on PYTHONPATH registers it in every Python process vLLM starts.
+# Memory split: the server takes SERVER_MEM (0.4) of the GPU, the trainer the rest; sync colocated
+# vLLM takes VLLM_MEM (0.35). The trainer's micro-batch is 8 rows (one group) padded to the longest
+# completion (up to 16K): if it runs out of memory, rerun with LENGTHS=lognormal:2048:8192 and say so.
+# Budget (30 device-min, 10 per call): one row per call, in the order above; a sync long-tailed
+# step is ~2-3 min (it waits for its 16K completion), so few steps fit: STEPS / ASTEPS set them.
+set -uo pipefail
+what=${1:?row: sync_lognormal async2_lognormal async1_lognormal sync_fixed512 async1_fixed512}
+export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
+site=$(mktemp -d)
+printf 'try:\n    import posttrain.vllm_plugin as _p\n    _p.register()\nexcept Exception as e:\n    print("posttrain vllm plugin:", e)\n' > "$site/sitecustomize.py"
+export PYTHONPATH=$site:/tmp/site:$PWD
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+python3 -c "import aiohttp, requests, vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)" \
+  || { echo "missing packages (see the header)"; exit 1; }
+LN=${LENGTHS:-lognormal:2048:16384}
+run() {  # name, args...
+  local name=$1; shift
+  timeout 580 python3 benchmarks/async_rl.py "$@" --out "$out/async_rl_$name.json" 2>&1 | tail -60 > "$out/async_rl_$name.log"
+  echo "$name rc=${PIPESTATUS[0]}"; grep -E '"(completion_tokens_per_s|wall_s_per_step|blocked_on_rollouts_frac|kl_k3|logprob_gap_abs)"' "$out/async_rl_$name.log"
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tail -1
+}
+case $what in
+  sync_lognormal)   run $what --mode sync --lengths "$LN" --steps ${STEPS:-3} --vllm-mem ${VLLM_MEM:-0.35} ;;
+  async2_lognormal) run $what --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-5} --server-mem ${SERVER_MEM:-0.4} ;;
+  async1_lognormal) run $what --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-4} --server-mem ${SERVER_MEM:-0.4} ;;
+  sync_fixed512)    run $what --mode sync --lengths fixed:512 --steps ${STEPS:-4} --vllm-mem ${VLLM_MEM:-0.35} ;;
+  async1_fixed512)  run $what --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-5} --server-mem ${SERVER_MEM:-0.4} ;;
+  *) echo "unknown row $what"; exit 2 ;;
+esac
