@@ -196,9 +196,11 @@ def tree(tmp: Path) -> dict:
 
 @pytest.fixture
 def no_stage_runs(monkeypatch):
-    def refuse(kind):
-        raise AssertionError(f"a {kind} stage started: validation should have failed first")
-    monkeypatch.setattr(posttrain.pipeline, "_stage_module", refuse)
+    from posttrain.stages.registry import StageKind
+
+    def refuse(self, ctx):
+        raise AssertionError(f"a {self.kind} stage started: validation should have failed first")
+    monkeypatch.setattr(StageKind, "run", refuse)
 
 
 @pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
