@@ -4,13 +4,18 @@
 #   bash scripts/gpu_throughput.sh packing  # 1.36B at 16K: stock padding-free, packed, +fused layers, +LM head
 #   bash scripts/gpu_throughput.sh sft8k    # 7B SFT stage at 8K: cold kernel cache, then a rerun on the warm one
 #   bash scripts/gpu_throughput.sh sft32k   # 7B SFT stage at 32K rows, gradient checkpointing
-# Several at once: bash scripts/gpu_throughput.sh parity packing. Each part has its own time limit so
+# Several at once: bash scripts/gpu_throughput.sh sft8k parity. Each part has its own time limit so
 # that one device call (600 s) still returns what finished. Logs and JSON go to $OUT, else
 # benchmarks/results. Needs `../shared/device/stage-wheels.sh train` installed into /tmp/site.
+# Every part shares one kernel cache ($KERNEL_CACHE). With it cold, each part spends ~5 min compiling
+# (fla autotune, tilelang, flex) before its first figure: on 2026-12-01 `parity` (230 s) and `packing`
+# (290 s, then 230 s) were cut before they finished. Run sft8k first: the parity tests use the 7B's
+# widths, so they then start warm; give parity and packing a call each (PARITY_S/PACKING_S=540).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_DATASETS_DISABLE_PROGRESS_BARS=1
 out=${OUT:-benchmarks/results}
-kc=${KERNEL_CACHE:-/tmp/posttrain-kernels}  # one cache for every 7B run of this machine
+kc=${KERNEL_CACHE:-/tmp/posttrain-kernels}  # one cache for every part on this machine
+export TRITON_CACHE_DIR=$kc/triton TORCHINDUCTOR_CACHE_DIR=$kc/inductor TILELANG_CACHE_DIR=$kc/tilelang
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 rc=0

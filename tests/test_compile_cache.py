@@ -51,16 +51,17 @@ def test_use_kernel_cache_points_every_library_there_cold_then_warm(clean_env, t
     assert "warm: 1 files" in cc.warmup_message(cc.cache_state())
 
 
-def test_a_library_variable_set_by_the_user_wins(clean_env, tmp_path):
-    clean_env.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+def test_the_recipe_setting_overrides_a_variable_torch_set_itself(clean_env, tmp_path):
+    clean_env.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torch-default"))  # torch does this on import
     cc.use_kernel_cache("run", tmp_path)
-    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
-    assert os.environ["TILELANG_CACHE_DIR"] == str(tmp_path / "kernel_cache" / "tilelang")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "kernel_cache" / "inductor")
 
 
 def test_none_leaves_the_environment_alone(clean_env, tmp_path):
+    clean_env.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
     assert cc.use_kernel_cache("none", tmp_path)["state"] == "default"
-    assert not any(v in os.environ for v in cc.ENV)
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
+    assert not any(v in os.environ for v in cc.ENV if v != "TRITON_CACHE_DIR")
     assert "default dirs" in cc.warmup_message(cc.cache_state())
 
 

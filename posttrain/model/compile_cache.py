@@ -3,7 +3,7 @@
 On CUDA the first step of each new set of shapes compiles and autotunes: fla's Triton GDN/conv/norm
 kernels (autotune results cached by Triton: fla sets `cache_results`, FLA_CACHE_RESULTS=1), tilelang's
 GDN backward on Hopper + Triton < 3.7.1, and flex attention through torch.compile (inductor). Measured
-at the 7B: 155-300 s with empty caches (benchmarks/RESULTS.md). Each library has its own cache dir,
+at the 7B on one H200: a first SFT step of 286 s with empty caches, 6 s on warm ones (benchmarks/RESULTS.md). Each library has its own cache dir,
 by default scattered over ~/.triton, ~/.tilelang and /tmp/torchinductor_$USER (the last one gone after
 a reboot or on a fresh container). `kernel_cache` in the recipe puts all three in one place:
 
@@ -12,7 +12,10 @@ a reboot or on a fresh container). `kernel_cache` in the recipe puts all three i
 - `run`: RUN/kernel_cache, travels with the run's output dir (a cluster job's scratch, say);
 - `none`: the libraries' own defaults; any other value is a directory.
 
-A library's own variable set in the environment (TRITON_CACHE_DIR, ...) wins over the recipe.
+Any setting but `none` overrides TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR and TILELANG_CACHE_DIR. A first
+version kept variables already set; on the H200 (2026-12-01) the inductor part then never reached the
+recipe's dir: torch's inductor `cache_dir()` writes its default into the environment when first called,
+so a variable already there says nothing about what the user wants. Keep your own with `kernel_cache: none`.
 """
 
 from __future__ import annotations
@@ -56,12 +59,10 @@ def use_kernel_cache(setting: str, run_dir: Path) -> dict:
     if root is None:
         _state.update(dir=None, files=0, state="default")
         return dict(_state)
-    dirs = {}
     for var, sub in ENV.items():
-        path = os.environ.setdefault(var, str(root / sub))
-        Path(path).mkdir(parents=True, exist_ok=True)
-        dirs[var] = path
-    files = sum(len(fs) for d in set(dirs.values()) for _, _, fs in os.walk(d))
+        os.environ[var] = str(root / sub)
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    files = sum(len(fs) for sub in ENV.values() for _, _, fs in os.walk(root / sub))
     _state.update(dir=str(root), files=files, state="warm" if files else "cold")
     return dict(_state)
 
@@ -76,5 +77,5 @@ def warmup_message(state: dict) -> str:
     where = ("the libraries' default dirs" if state["dir"] is None else
              f"{state['dir']} ({state['state']}: {state['files']} files)")
     return ("the first step of each new shape compiles and autotunes kernels (fla GDN/conv/norm, tilelang "
-            "backward, flex attention); the progress bar stands still meanwhile: ~3-5 min at 7B with a "
-            f"cold cache, about a minute warm. Kernel cache: {where} (recipe: kernel_cache)")
+            "backward, flex attention); the progress bar stands still meanwhile: ~5 min at 7B with a "
+            f"cold cache, seconds to a minute warm. Kernel cache: {where} (recipe: kernel_cache)")
