@@ -3,7 +3,8 @@
 The stock bf16 model and the fused bf16 model are both judged against the same weights run in fp32
 (the torch GDN/conv reference per document and per-document sdpa, TF32 off) on one packed row, the
 path SFT and DPO train on. The stock model's own distance from fp32 is the bar: fused must be no
-farther, within FACTOR, for the logits and for every parameter's gradient.
+farther, within FACTOR, for the logits and for all gradients together, and within TENSOR_FACTOR for
+each parameter's gradient alone.
 
 Why FACTOR = 1.25: both bf16 models share every other rounding (GDN kernels, matmuls, attention); the
 fused kernels compute the same function as the stock code and round once per output, where the stock
@@ -11,6 +12,10 @@ MLP rounds twice (fused.py's docstring has the reading of both sources). A wrong
 backward (another eps, the weight applied after rounding, a dropped upcast, a wrong gradient) adds an
 error of its own; one independent of and as large as the stock's bf16 error already gives
 sqrt(2) = 1.41x, so 1.25 catches it while leaving room for reductions summed in another order.
+Per tensor the bar is looser: once the inputs differ in the last bit, the downstream bf16 kernels round
+differently, so the two models' errors are two draws of one distribution, and for a 30-element tensor
+(a GDN layer's A_log) the ratio of two such norms spreads by ~20%; 2.0 is ~5 of those spreads, and a
+wrong gradient formula is off by O(1) of the gradient itself, far beyond it.
 
 The first version of this test compared fused with the *stock* bf16 model against a layout noise
 (documents packed in reverse order) and failed on an H200 (1.21e-2 vs 3.14e-3): that noise is not
@@ -34,6 +39,7 @@ from posttrain.model.packing import enable_exact_packing
 pytestmark = pytest.mark.gpu
 
 FACTOR = 1.25
+TENSOR_FACTOR = 2.0
 FLOOR = 1e-4  # relative error below which any difference passes (fp32 summation-order scale)
 LENGTHS = [700, 1500, 3000, 1]
 
@@ -88,5 +94,10 @@ def test_fused_layers_are_no_farther_from_fp32_than_the_stock_model():
     for ratio, f, s, n in rows[:6]:
         print(f"  {ratio:.3f}x  fused {f:.3e}  stock {s:.3e}  {n}")
     print(f"median ratio {rows[len(rows) // 2][0]:.3f}x over {len(rows)} tensors")
-    bad = [(n, f, s) for _, f, s, n in rows if f > max(FACTOR * s, FLOOR)]
+    flat = {k: torch.cat([g[n].reshape(-1) for n in grads_ref]) for k, g in
+            (("ref", grads_ref), ("stock", grads_stock), ("fused", grads_fused))}
+    e_stock, e_fused = rel(flat["stock"], flat["ref"]), rel(flat["fused"], flat["ref"])
+    print(f"all gradients rel. error vs fp32: stock {e_stock:.3e}, fused {e_fused:.3e} ({e_fused / e_stock:.3f}x)")
+    assert e_fused <= max(FACTOR * e_stock, FLOOR)
+    bad = [(n, f, s) for _, f, s, n in rows if f > max(TENSOR_FACTOR * s, FLOOR)]
     assert not bad, bad[:5]
