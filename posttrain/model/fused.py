@@ -21,7 +21,9 @@ Numerics (read against transformers 5.23 `OlmoHybridRMSNorm` / `OlmoHybridMLP` a
   model in fp32 (tests/gpu/test_fused_layers.py).
 
 On by default on CUDA (`model.fused_layers: true`; a recipe opts out with `false`): 7B SFT at 8K on
-one H200 went from 9,277 to 10,479 real tokens/s with it (benchmarks/RESULTS.md).
+one H200 went from 9,277 to 10,479 real tokens/s with it (issue 22; benchmarks/RESULTS.md has the
+2026-12-01 stage runs with it on). The fp32 GPU test above had not yet run to completion on a GPU when
+the default changed (cut by compile time): the default rests on the reading of the two sources.
 """
 
 from __future__ import annotations
