@@ -20,10 +20,9 @@ Numerics (read against transformers 5.23 `OlmoHybridRMSNorm` / `OlmoHybridMLP` a
   from the stock model is not a layout-noise-sized number: the GPU test judges both against the same
   model in fp32 (tests/gpu/test_fused_layers.py).
 
-On by default on CUDA (`model.fused_layers: true`; a recipe opts out with `false`): 7B SFT at 8K on
-one H200 went from 9,277 to 10,479 real tokens/s with it (issue 22; benchmarks/RESULTS.md has the
-2026-12-01 stage runs with it on). The fp32 GPU test above had not yet run to completion on a GPU when
-the default changed (cut by compile time): the default rests on the reading of the two sources.
+Opt-in (`model.fused_layers: true`) until the fp32 GPU test above has passed on a GPU (it was cut by
+compile time on 2026-12-01): parity tests decide correctness, not a reading of the sources. 7B SFT at
+8K on one H200 went from 9,277 to 10,479 real tokens/s with it (issue 22; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
