@@ -2,7 +2,8 @@
 
 The DPO stage's own pieces on a ~1.4B OlmoHybrid with the 7B's width ratios (benchmarks/packing.py
 SIZES), bf16 weights, fused AdamW: `PackedPairCollator` (chosen then rejected of every pair in one
-row, exact document boundaries), `packed_sequence_logps` (chunked fp32 log-softmax) and
+row, exact document boundaries), sequence log-probs through TRL's chunked LM head + `document_logps`
+(no [T, vocab] logits; the stage's `_packed_logps`, and TRL's DPOTrainer on padded rows) and
 `dpo_loss` (dpo_norm, beta 5). An optimizer step is `--rows` micro-batches of pairs, each
 micro-batch holding as many pairs as fit in T tokens (packed) or in 2 x pairs x longest <= T
 (padded, the stock model, what TRL's DPOTrainer does). Modes:
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 from transformers import OlmoHybridConfig, OlmoHybridForCausalLM
+from trl.trainer.utils import add_fused_lm_head
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from packing import PAD, SIZES, markdown_table, to_device  # noqa: E402
 from packing import fmt_row as packing_row  # noqa: E402
 
-from posttrain.data.packing import IGNORE_INDEX, packed_sequence_logps  # noqa: E402
+from posttrain.data.packing import IGNORE_INDEX, document_logps  # noqa: E402
 from posttrain.memory import GB  # noqa: E402
 from posttrain.model.flops import REFERENCE_PEAK, device_peak_flops, mfu, train_flops  # noqa: E402
 from posttrain.model.kernels import kernel_report  # noqa: E402
@@ -107,8 +109,8 @@ def padded_pairs(examples: list[dict]) -> dict:
 
 def seq_logps(model, batch: dict, packed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     keys = PACKED_KEYS if packed else ("input_ids", "attention_mask")
-    logits = model(**{k: batch[k] for k in keys}, use_cache=False).logits
-    return packed_sequence_logps(logits, batch["labels"], batch["spans"])
+    out = model(**{k: batch[k] for k in keys}, labels=batch["labels"], use_cache=False, fused_lm_head=True)
+    return document_logps(out.log_probs, batch["labels"], batch["spans"])
 
 
 def run(policy, ref, opt, steps: list[list[dict]], ref_table: list[list[torch.Tensor]] | None, packed: bool,
@@ -182,6 +184,8 @@ def main(argv=None) -> dict:
     with device:
         policy = OlmoHybridForCausalLM(config).to(dtype).train()
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    for m in (policy, ref):  # after the copy: each head closes over its own model's forward
+        add_fused_lm_head(m)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, fused=device.type == "cuda")
     pairs = sample_pairs(4000, T, config.vocab_size)
     out = {"date": datetime.date.today().isoformat(),

@@ -8,13 +8,16 @@ clipped to T) and the same pool feeds every mode at a token budget T per step:
 - stock:  best-fit-decreasing rows of <= T tokens, position_ids only (what TRL's padding-free
           collator gives), the stock model: fast-ish but it leaks across documents;
 - packed: the same rows through PackedCollator + enable_exact_packing: exact;
-- fused:  packed, plus fla's fused RMSNorm and SwiGLU (`model.fused_layers`, posttrain/model/fused.py).
+- fused:  packed, plus fla's fused RMSNorm and SwiGLU (`model.fused_layers`, posttrain/model/fused.py);
+- head:   fused, plus TRL's chunked LM head for the loss (`add_fused_lm_head`, what the SFT stage's
+          loss runs through): no [T, 100K] logits in bf16 or fp32. The SFT stage on CUDA = this mode.
 Real tokens/s counts document tokens only; MFU credits every mode the same per-document FLOPs
 (benchmarks/flops.py) against 798 TFLOP/s.
 
     PYTHONPATH=. python benchmarks/packing.py [--seq-lens 4096 16384] [--profile]
     PYTHONPATH=. python benchmarks/packing.py --size tiny --device cpu --seq-lens 256  # smoke
     PYTHONPATH=. python benchmarks/packing.py --size 7b-8l --modes packed fused --seq-lens 8192 --profile
+    PYTHONPATH=. python benchmarks/packing.py --modes stock packed fused head --seq-lens 16384
 """
 
 from __future__ import annotations
@@ -93,13 +96,13 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def run(model, opt, batches, docs_of, warmup: int, config, device) -> dict:
+def run(model, opt, batches, docs_of, warmup: int, config, device, fused_head: bool = False) -> dict:
     """Time one pass of SFT steps over `batches` after `warmup` untimed passes over the same
     batches, so every shape's kernel compile/autotune (fla, tilelang, flex) is excluded."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(inputs):
-        loss = model(**inputs, use_cache=False).loss
+        loss = model(**inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -139,14 +142,14 @@ KERNEL_GROUPS = [  # coarse buckets for "where does the step go"
 ]
 
 
-def profile_step(model, opt, inputs, device, top: int = 10) -> dict:
+def profile_step(model, opt, inputs, device, top: int = 10, fused_head: bool = False) -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
-        model(**inputs, use_cache=False).loss.backward()
+        model(**inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cuda:
@@ -175,7 +178,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 16384])
     ap.add_argument("--modes", nargs="+", default=["padded", "stock", "packed"],
-                    choices=["padded", "stock", "packed", "fused"])
+                    choices=["padded", "stock", "packed", "fused", "head"])
     ap.add_argument("--warmup", type=int, default=1, help="untimed passes over the timed batches")
     ap.add_argument("--steps", type=int, default=4, help="timed steps (distinct batches) per mode and T")
     ap.add_argument("--docs", type=int, default=600)
@@ -215,14 +218,18 @@ def main(argv=None) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
     # Stock modes first, on the unpatched model; then patch in place for ours.
-    patched = False
-    for mode in [m for m in ("padded", "stock", "packed", "fused") if m in args.modes]:
-        if mode in ("packed", "fused") and not patched:
+    patched = fused = False
+    for mode in [m for m in ("padded", "stock", "packed", "fused", "head") if m in args.modes]:
+        if mode in ("packed", "fused", "head") and not patched:
             report, patched = enable_exact_packing(model), True
             print("packed kernels:", report)
-        if mode == "fused":
+        if mode in ("fused", "head") and not fused:
             from posttrain.model.fused import fuse_layers
             print("fused layers:", fuse_layers(model))
+            fused = True
+        if mode == "head":
+            from trl.trainer.utils import add_fused_lm_head
+            add_fused_lm_head(model)  # the plain forward (other modes) is unchanged by it
         for T in args.seq_lens:
             lengths, docs, rows = pools[T]
             n = args.steps
@@ -237,7 +244,7 @@ def main(argv=None) -> dict:
                     batches = [stock_inputs(b) for b in batches]
             docs_of = [[lengths[i] for i in g] for g in groups]
             try:
-                r = run(model, opt, batches, docs_of, args.warmup, config, device)
+                r = run(model, opt, batches, docs_of, args.warmup, config, device, fused_head=mode == "head")
             except torch.cuda.OutOfMemoryError:
                 r = {"error": "out of memory"}
                 opt.zero_grad(set_to_none=True)
@@ -247,9 +254,9 @@ def main(argv=None) -> dict:
             results.append(r)
             save()
             print(fmt_row(r), flush=True)
-        if mode in ("packed", "fused") and args.profile:
+        if mode in ("packed", "fused", "head") and args.profile:
             T = args.seq_lens[-1]  # batches are still this T's
-            prof = profile_step(model, opt, batches[0], device)
+            prof = profile_step(model, opt, batches[0], device, fused_head=mode == "head")
             print(f"\none {mode} step at T={T}, profiled: {prof['total_ms']:.1f} ms of kernels")
             for g, ms in prof["groups_ms"].items():
                 print(f"  {ms:9.2f} ms {100 * ms / prof['total_ms']:5.1f}%  {g}")
@@ -268,7 +275,8 @@ def main(argv=None) -> dict:
 
 def ratios(results: list[dict]) -> dict[str, float]:
     """Each mode's real tokens/s over a baseline's, at each T measured in this run (fused over
-    packed: what the fused layers buy; packed over padded: what exact packing buys).
+    packed: what the fused layers buy; head over fused: what the chunked LM head buys; packed over
+    padded: what exact packing buys; head over stock: the whole path against stock padding-free).
 
     >>> ratios([{"mode": "packed", "seq_len": 8, "real_tokens_per_s": 100.0},
     ...         {"mode": "fused", "seq_len": 8, "real_tokens_per_s": 125.0}])
@@ -276,7 +284,8 @@ def ratios(results: list[dict]) -> dict[str, float]:
     """
     tps = {(r["mode"], r["seq_len"]): r["real_tokens_per_s"] for r in results if "real_tokens_per_s" in r}
     return {f"{a}/{b} T={t}": tps[(a, t)] / tps[(b, t)]
-            for a, b in (("packed", "padded"), ("fused", "packed")) for (m, t) in tps if m == a and (b, t) in tps}
+            for a, b in (("packed", "padded"), ("fused", "packed"), ("head", "fused"), ("packed", "stock"),
+                         ("head", "stock")) for (m, t) in tps if m == a and (b, t) in tps}
 
 
 def fmt_row(r: dict, label: str | None = None, step: str | None = None) -> str:

@@ -53,6 +53,9 @@ def summarize(records: list[dict], gpus: int, warmup: int = 2) -> dict:
             out[k.replace("/", "_")] = max(vals) if k.startswith("mem/") else statistics.fmean(vals)
     if "tokens_per_s" in out:
         out["tokens_per_s_per_gpu"] = out["tokens_per_s"] / gpus
+    first = next((r for r in records if "first_step_s" in r), None)  # compile + autotune + one step
+    if first:
+        out["first_step_s"], out["kernel_cache"] = first["first_step_s"], first.get("kernel_cache")
     return out
 
 

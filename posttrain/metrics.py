@@ -7,6 +7,7 @@ document boundaries, the GDN recurrence, the conv), the same count the benchmark
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from transformers import TrainerCallback
 from posttrain.launch import is_main_process
 from posttrain.memory import GB
 from posttrain.model.flops import device_peak_flops, mfu
+
+log = logging.getLogger("posttrain")
 
 
 def flops_per_token(config, seq_len: int) -> float:
@@ -74,9 +77,25 @@ class ThroughputCallback(TrainerCallback):
         self.doc_len = None
         self.peak = device_peak_flops()
         self._t, self._tokens = None, None
+        self._first_step_t = None  # the first optimizer step in this process: where kernels compile
 
     def on_train_begin(self, args, state, control, **kw):
         self._t = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self._first_step_t is None:
+            self._first_step_t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._first_step_t is None or self._first_step_t < 0:
+            return
+        from posttrain.model.compile_cache import cache_state
+        dt, cache = time.perf_counter() - self._first_step_t, cache_state()
+        self._first_step_t = -1.0
+        if state.is_world_process_zero:
+            log.info("%s: first step %.1f s (kernel cache %s)", self.stage, dt, cache.get("state", "n/a"))
+            self.writer.write({"stage": self.stage, "step": state.global_step, "first_step_s": round(dt, 2),
+                               **({"kernel_cache": cache["state"]} if cache else {})})
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not is_main_process() or not logs:

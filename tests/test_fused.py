@@ -24,3 +24,24 @@ def test_fuse_layers_refuses_a_non_silu_mlp():
     model.config.hidden_act = "gelu"
     with pytest.raises(ValueError, match="hidden_act"):
         fuse_layers(model)
+
+
+def test_fused_layers_on_a_cuda_machine_without_fla_says_how_to_opt_out(monkeypatch, tmp_path):
+    """CUDA without a working fla: a one-line error naming the recipe and the opt-out; with
+    allow_kernel_fallback a warning and the stock layers (the CPU path never gets here)."""
+    from types import SimpleNamespace
+
+    from posttrain.model import kernels
+    from posttrain.recipe import ModelConfig
+    from posttrain.stages import common
+    assert ModelConfig().fused_layers is False  # opt-in until the fp32 GPU parity test has passed
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kernels, "fla_problem", lambda device=None: "fla is not installed (pip install flash-linear-attention)")
+    model = build_tiny_model(seed=0)
+    ctx = SimpleNamespace(name="sft", recipe=SimpleNamespace(source="r.yaml", cfg=SimpleNamespace(
+        model=ModelConfig(fused_layers=True, allow_kernel_fallback=False))))
+    with pytest.raises(RuntimeError, match=r"^r.yaml: model.fused_layers: fla is not installed .*fused_layers: false"):
+        common.fuse_stage_layers(ctx, model)
+    ctx.recipe.cfg.model.allow_kernel_fallback = True
+    common.fuse_stage_layers(ctx, model)
+    assert not any("forward" in vars(m) for m in model.modules())  # nothing swapped

@@ -299,11 +299,12 @@ def _stack_rows(packed: list[dict], width: int) -> dict:
 def packed_sequence_logps(
     logits: torch.Tensor, labels: torch.Tensor, spans: Sequence[tuple[int, int]], chunk: int = 4096
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of target logprobs and target count per packed document (for DPO).
+    """Sum of target logprobs and target count per packed document, from full logits.
 
     logits [R, T, V] and labels [R, T] as from `pack_sequences` / `PackedCollator` (unshifted
     labels, -100 where no loss); spans index the flattened tokens. Runs in fp32 a chunk of
-    tokens at a time so a 16K x 100K row never materialises a full fp32 log-softmax.
+    tokens at a time. The stage itself uses `document_logps` on TRL's fused LM head, which never
+    builds the [R, T, V] logits; this is its reference (tests, benchmarks).
     """
     flat_logits = logits.reshape(-1, logits.shape[-1])
     # Position t predicts label t+1; the row-final position predicts nothing (its successor is
@@ -318,13 +319,37 @@ def packed_sequence_logps(
         valid = t != IGNORE_INDEX
         picked = lg.gather(-1, t.clamp(min=0).unsqueeze(-1)).squeeze(-1) - lg.logsumexp(-1)
         token_logp[s : s + chunk] = torch.where(valid, picked, 0.0)
-    valid = (tgt != IGNORE_INDEX).float()
-    doc = torch.full((tgt.shape[0],), len(spans), dtype=torch.long, device=logits.device)
+    return document_logps(token_logp.view(labels.shape)[:, :-1], labels, spans)
+
+
+def document_logps(
+    token_logps: torch.Tensor, labels: torch.Tensor, spans: Sequence[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-document sums of next-token logprobs and target counts on packed rows.
+
+    token_logps [R, T-1]: position t scores label t+1; ignored where that label is -100 (TRL's fused
+    LM head returns 0 there: `model(..., labels=labels, fused_lm_head=True).log_probs`, trl.trainer.utils.
+    add_fused_lm_head); labels [R, T] unshifted; spans index the flattened R x T tokens.
+
+    >>> labels = torch.tensor([[-100, 5, 6, -100, 7]])   # documents [0, 3) and [3, 5)
+    >>> lp = torch.tensor([[-1.0, -2.0, 0.0, -4.0]])     # scores labels 1..4; label 3 is -100
+    >>> document_logps(lp, labels, [(0, 3), (3, 5)])
+    (tensor([-3., -4.]), tensor([2., 1.]))
+    """
+    R, T = labels.shape
+    token_logp = torch.zeros(R, T, dtype=torch.float32, device=token_logps.device)
+    token_logp[:, :-1] = token_logps.float()
+    tgt = torch.full_like(labels, IGNORE_INDEX)
+    tgt[:, :-1] = labels[:, 1:]
+    valid = tgt.reshape(-1) != IGNORE_INDEX
+    token_logp = torch.where(valid, token_logp.reshape(-1), 0.0)  # whatever the source put at ignored labels
+    valid = valid.float()
+    doc = torch.full((R * T,), len(spans), dtype=torch.long, device=token_logp.device)
     for d, (a, b) in enumerate(spans):
         # The prediction of a document's tokens sits one position earlier than the tokens.
         doc[a : b - 1] = d
-    sums = torch.zeros(len(spans) + 1, dtype=torch.float32, device=logits.device)
+    sums = torch.zeros(len(spans) + 1, dtype=torch.float32, device=token_logp.device)
     counts = torch.zeros_like(sums)
-    sums.index_add_(0, doc, token_logp)
+    sums = sums.index_add(0, doc, token_logp)
     counts.index_add_(0, doc, valid)
     return sums[:-1], counts[:-1]

@@ -151,6 +151,6 @@ def kernel_report() -> dict:
         rep["kernels"] = select_kernels(device_type, allow_fallback=True)
         rep["problem"] = str(e)
     # model.fused_layers (posttrain/model/fused.py) needs the same fla install, on CUDA
-    rep["fused_layers"] = ("available (opt-in: model.fused_layers)" if cuda and rep["problem"] is None
+    rep["fused_layers"] = ("available (on by default: model.fused_layers)" if cuda and rep["problem"] is None
                            else "unavailable (CUDA and fla only)")
     return rep

@@ -60,6 +60,10 @@ class StageContext:
 
 def load_stage_model(ctx: StageContext):
     m = ctx.recipe.cfg.model
+    if torch.cuda.is_available():  # before anything compiles (DPO's reference pass does, in the trainer's init)
+        from posttrain.model.compile_cache import use_kernel_cache, warmup_message
+        log.info("%s: %s", ctx.name, warmup_message(use_kernel_cache(ctx.recipe.cfg.kernel_cache,
+                                                                      ctx.recipe.output_dir)))
     tok = load_tokenizer(str(ctx.init_dir) if ctx.init_dir else (m.tokenizer or m.name), ctx.chat_template)
     src = ctx.init_dir or m.name
     model = load_model(src, m.dtype, m.attn_implementation, tokenizer=tok, seed=ctx.recipe.cfg.seed)
@@ -71,15 +75,19 @@ def load_stage_model(ctx: StageContext):
 
 
 def fuse_stage_layers(ctx: StageContext, model) -> None:
-    """`model.fused_layers`: fla's fused norm/MLP kernels on CUDA; the torch code on CPU (tiny runs)."""
+    """`model.fused_layers` (opt-in): fla's fused norm/MLP kernels on CUDA; the torch code on CPU."""
     if not torch.cuda.is_available():
-        log.info("%s: model.fused_layers applies on CUDA only; the torch norms and MLPs run on CPU", ctx.name)
+        log.debug("%s: model.fused_layers applies on CUDA only; the torch norms and MLPs run on CPU", ctx.name)
         return
     from posttrain.model.fused import fuse_layers
     from posttrain.model.kernels import fla_problem
     problem = fla_problem()
     if problem:
-        raise RuntimeError(f"{ctx.recipe.source}: model.fused_layers: {problem}")
+        if not ctx.recipe.cfg.model.allow_kernel_fallback:
+            raise RuntimeError(f"{ctx.recipe.source}: model.fused_layers: {problem} "
+                               "(or set model.fused_layers: false)")
+        log.warning("%s: model.fused_layers skipped: %s", ctx.name, problem)
+        return
     log.info("%s: fused layers (fla): %s", ctx.name, fuse_layers(model))
 
 

@@ -187,12 +187,16 @@ class CachedRefDPOTrainer(DPOTrainer):
                                                    num_workers=self.args.dataloader_num_workers))
 
     def _packed_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence completion logprob sums and completion lengths, [2 x pairs]."""
-        from posttrain.data.packing import packed_sequence_logps
+        """Per-sequence completion logprob sums and completion lengths, [2 x pairs].
+
+        Through TRL's fused LM head (added to the policy by DPOTrainer.__init__, before the reference
+        precompute): the 100K-vocabulary logits of a 16K row are never materialised, only each
+        completion token's logprob, in tiles of 4,096 tokens x 32,768 vocabulary accumulated in fp32."""
+        from posttrain.data.packing import document_logps
         keys = ("input_ids", "position_ids", "seq_idx", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
                 "max_length_k")
-        logits = model(**{k: batch[k] for k in keys}, use_cache=False).logits
-        return packed_sequence_logps(logits, batch["labels"], batch["spans"])
+        out = model(**{k: batch[k] for k in keys}, labels=batch["labels"], use_cache=False, fused_lm_head=True)
+        return document_logps(out.log_probs, batch["labels"], batch["spans"])
 
     def compute_ref_log_probs(self, model, inputs):
         if not self._packed:
