@@ -41,6 +41,7 @@ INSTANCE_ATTRIBUTES = [
     ("trl:DPOTrainer", "_metrics"),
     ("trl:GRPOTrainer", "_step"), ("trl:GRPOTrainer", "_metrics"),
     ("trl:GRPOTrainer", "current_gradient_accumulation_steps"),
+    ("trl:GRPOTrainer", "_last_loaded_step"), ("trl:GRPOTrainer", "use_vllm"),  # rollout/async_stage.py
 ]
 # Module-level names posttrain imports or patches.
 NAMES = [
@@ -96,3 +97,9 @@ def test_module_names_exist(mod, name):
 def test_mask_registry_still_has_its_private_mapping():
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     assert isinstance(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, dict)  # model/packing.py reads it
+
+
+def test_grpo_still_takes_a_rollout_func():
+    """Asynchronous RL hands finished groups to TRL through `rollout_func` (rollout/async_stage.py)."""
+    from trl import GRPOTrainer
+    assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters
