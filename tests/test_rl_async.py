@@ -2,11 +2,6 @@
 a killed async stage that replays no prompt, and async GRPO still improving the DPO model."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
@@ -160,52 +155,12 @@ def test_hf_engine_logprobs_match_the_trainer_and_tis_corrects_the_lag(tmp_path)
         prod.close()
 
 
-STEPS, PROMPTS = 6, 2
-RECIPE = f"""
-name: rl-async-resume
-output_dir: OUT
-chat_template: olmo-think
-stages:
-  rl:
-    kind: grpo
-    mix: {ROOT}/data_mixes/tiny/rl_prompts.yaml
-    learning_rate: 1.0e-4
-    max_steps: {STEPS}
-    rollouts_per_prompt: 4
-    prompts_per_step: {PROMPTS}
-    micro_batch_size: 8
-    max_prompt_length: 128
-    max_completion_length: 12
-    active_sampling: false     # exactly PROMPTS prompts a step, so queue positions are countable
-    rewards: [{{name: math, weight: 1.0}}]
-    engine: hf
-    async_steps: 1
-    logging_steps: 1
-    save_steps: 2
-    eval: {{max_examples: 0}}
-"""
-
-
 def test_killed_async_stage_replays_no_prompt(tmp_path):
     from posttrain.pipeline import Pipeline
     from posttrain.rundir import read_done
-    path = tmp_path / "r.yaml"
-    path.write_text(RECIPE.replace("OUT", str(tmp_path / "run")))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    log = tmp_path / "first.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "posttrain", "run", str(path)], env=env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    work = tmp_path / "run" / ".work"
-    deadline = time.time() + 300
-    while not list(work.glob("rl-*/trainer/checkpoint-4/trainer_state.json")) and time.time() < deadline \
-            and proc.poll() is None:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    cks = list(work.glob("rl-*/trainer/checkpoint-4"))
-    assert cks, f"no checkpoint before the kill:\n{log.read_text()[-3000:]}"
-    saved = json.loads((cks[0] / "prompt_queue.json").read_text())
+    from tests.test_rl_resume import PROMPTS, STEPS, kill_after_checkpoint, write_recipe
+    path = write_recipe(tmp_path, "async_steps: 1")
+    saved = kill_after_checkpoint(tmp_path, path)
     # Steps 1-4 trained 8 prompts; step 5's were already ordered (one step ahead) and are in flight.
     assert saved["pos"] == 5 * PROMPTS and len(saved["pending"]) == PROMPTS
 
@@ -229,8 +184,9 @@ ASSET = ROOT / "tests" / "assets" / "tiny-dpo"
 @pytest.mark.slow
 @pytest.mark.skipif(not (ASSET / "model.safetensors").is_file(),
                     reason="tests/assets/tiny-dpo missing: make it with scripts/make_tiny_dpo_asset.sh (not shipped: "
-                           "on 2026-12-01 the tree's tiny DPO model scored 0.145, not RESULTS' 0.555, and this test "
-                           "measured 0.145 -> 0.11; the synchronous stage from it was not measured)")
+                           "on 2026-12-01 the asset that script built (SFT eval off, one thread) scored 0.145 and async "
+                           "RL took it to 0.11, while `posttrain run tiny`'s own DPO model scored 0.610 and its "
+                           "synchronous RL 0.625; to settle next: async from the run's own DPO model)")
 def test_async_grpo_raises_accuracy_over_the_dpo_model(tmp_path, monkeypatch):
     """The tiny recipe's RL stage with `async_steps: 1`, from the tiny recipe's DPO model (shipped:
     making it costs ~5 min of SFT + DPO), must beat that model's held-out accuracy on the same

@@ -39,9 +39,16 @@ stages:
 """
 
 
-def test_killed_rl_stage_resumes_its_prompt_queue(tmp_path):
+def write_recipe(tmp_path, extra: str = "") -> Path:
+    """The recipe above, its outputs under tmp_path/run; `extra` adds lines to the rl stage."""
     path = tmp_path / "r.yaml"
-    path.write_text(RECIPE.replace("OUT", str(tmp_path / "run")))
+    path.write_text(RECIPE.replace("OUT", str(tmp_path / "run")) + "".join(f"    {x}\n" for x in extra.splitlines()))
+    return path
+
+
+def kill_after_checkpoint(tmp_path, path, step: int = 4) -> dict:
+    """Run the recipe in a child process, SIGKILL it once trainer checkpoint `step` is complete;
+    returns that checkpoint's saved prompt queue."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log = tmp_path / "first.log"
     with log.open("w") as f:
@@ -49,14 +56,19 @@ def test_killed_rl_stage_resumes_its_prompt_queue(tmp_path):
                                 stderr=subprocess.STDOUT, start_new_session=True)
     work = tmp_path / "run" / ".work"
     deadline = time.time() + 300
-    while not list(work.glob("rl-*/trainer/checkpoint-4/trainer_state.json")) and time.time() < deadline \
+    while not list(work.glob(f"rl-*/trainer/checkpoint-{step}/trainer_state.json")) and time.time() < deadline \
             and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    cks = list(work.glob("rl-*/trainer/checkpoint-4"))
+    cks = list(work.glob(f"rl-*/trainer/checkpoint-{step}"))
     assert cks, f"no checkpoint before the kill:\n{log.read_text()[-3000:]}"
-    saved = json.loads((cks[0] / "prompt_queue.json").read_text())
+    return json.loads((cks[0] / "prompt_queue.json").read_text())
+
+
+def test_killed_rl_stage_resumes_its_prompt_queue(tmp_path):
+    path = write_recipe(tmp_path)
+    saved = kill_after_checkpoint(tmp_path, path)
     assert saved["pos"] == 4 * PROMPTS  # what steps 1-4 drew
     assert read_done(tmp_path / "run" / "rl") is None
 

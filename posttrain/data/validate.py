@@ -77,7 +77,7 @@ FIELD_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "skip_solved_rate": _rule(0, lo_open=True),  # 0 would skip every prompt; above 1 never skips
     "solve_threshold": _rule(),
     "reward_crash_limit": _rule(0, 1),
-    "async_steps": _rule(0), "weight_sync_steps": POSITIVE_INT,  # the bound between them: recipe._check_async
+    "async_steps": _rule(0), "weight_sync_steps": POSITIVE_INT,  # the bound between them: recipe_checks._check_async
     "vllm_gpu_memory_utilization": _rule(0, 1, lo_open=True),
 }
 
