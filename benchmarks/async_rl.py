@@ -38,7 +38,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -121,11 +120,10 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from datasets import Dataset
-    from transformers import OlmoHybridForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
 
-    from benchmarks.rollout import one_b_config
+    from benchmarks.rollout import rl_bench_model
     from posttrain.metrics import MetricsWriter, ThroughputCallback, read_metrics
-    from posttrain.model.tiny import build_tiny_tokenizer
     from posttrain.recipe import GRPOStage
     from posttrain.rollout import async_stage
     from posttrain.rollout.sampler import PromptQueue
@@ -135,23 +133,12 @@ def main(argv=None) -> dict:
     register()
 
     gpu = torch.cuda.is_available()
-    cfg = one_b_config() if gpu else one_b_config(
-        vocab=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=32)
-    tok = build_tiny_tokenizer("olmo-think", vocab_size=cfg.vocab_size)
-    cfg.pad_token_id, cfg.eos_token_id = tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")
-    torch.manual_seed(0)
-    with torch.device("cuda" if gpu else "cpu"):
-        model = OlmoHybridForCausalLM(cfg).to(torch.bfloat16 if gpu else torch.float32)
-    work = Path(tempfile.mkdtemp())
-    model.save_pretrained(work / "init", save_original_format=False)  # both engines start from this
-    tok.save_pretrained(work / "init")
-    model.name_or_path = str(work / "init")
+    model, tok, work = rl_bench_model(gpu, cpu_dtype="float32")  # engines start from work/init
 
     lengths = length_fn(a.lengths)
     cap = max(lengths(i, j) for i in range(a.prompts * (a.steps + a.async_steps + 2)) for j in range(a.rollouts))
     rng = random.Random(0)
-    rows = [{"prompt": [{"role": "user", "content": "".join(f"<w{rng.randrange(50, cfg.vocab_size - 400)}>"
+    rows = [{"prompt": [{"role": "user", "content": "".join(f"<w{rng.randrange(50, model.config.vocab_size - 400)}>"
                                                             for _ in range(a.prompt_len))}]}
             for _ in range(a.prompts * (a.steps + a.async_steps + 2))]
     server = None
@@ -180,7 +167,7 @@ def main(argv=None) -> dict:
     trainer = ActiveGRPOTrainer(
         model=model, args=args, reward_funcs=[coin_flip], train_dataset=Dataset.from_list(rows), processing_class=tok,
         queue=queue, prompt_rows=rows, active=True, solve_threshold=1.0,
-        callbacks=[ThroughputCallback(metrics, "rl", cfg, st.max_prompt_length + cap), StepEnds()],
+        callbacks=[ThroughputCallback(metrics, "rl", model.config, st.max_prompt_length + cap), StepEnds()],
         rollout_func=async_stage.from_producer if is_async else None)
     ids_to_idx = {}
     if is_async:

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -47,30 +46,17 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from datasets import Dataset
-    from transformers import OlmoHybridForCausalLM
 
-    from benchmarks.rollout import one_b_config
+    from benchmarks.rollout import rl_bench_model
     from posttrain.metrics import MetricsWriter, ThroughputCallback, read_metrics
     from posttrain.recipe import GRPOStage
     from posttrain.rollout.sampler import PromptQueue
     from posttrain.stages.rl import ActiveGRPOTrainer, grpo_config
-    from posttrain.model.tiny import build_tiny_tokenizer
     from posttrain.vllm_plugin import register
     register()
 
     gpu = torch.cuda.is_available()  # without one: a small smoke run of the same code on the hf engine
-    cfg = one_b_config() if gpu else one_b_config(
-        vocab=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=32)
-    tok = build_tiny_tokenizer("olmo-think", vocab_size=cfg.vocab_size)
-    cfg.pad_token_id, cfg.eos_token_id = tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")
-    torch.manual_seed(0)
-    with torch.device("cuda" if gpu else "cpu"):
-        model = OlmoHybridForCausalLM(cfg).to(torch.bfloat16)
-    work = Path(tempfile.mkdtemp())
-    model.save_pretrained(work / "init", save_original_format=False)  # vLLM starts from this
-    tok.save_pretrained(work / "init")
-    model.name_or_path = str(work / "init")
+    model, tok, work = rl_bench_model(gpu)  # engines start from work/init
 
     rng = random.Random(0)
     rows = [{"prompt": [{"role": "user", "content": "".join(f"<w{rng.randrange(50, 90000)}>"
@@ -86,7 +72,7 @@ def main(argv=None) -> dict:
     trainer = ActiveGRPOTrainer(
         model=model, args=args, reward_funcs=[coin_flip], train_dataset=Dataset.from_list(rows),
         processing_class=tok, queue=PromptQueue(rows, seed=0), prompt_rows=rows, active=True, solve_threshold=1.0,
-        callbacks=[ThroughputCallback(metrics, "rl", cfg, st.max_prompt_length + st.max_completion_length)])
+        callbacks=[ThroughputCallback(metrics, "rl", model.config, st.max_prompt_length + st.max_completion_length)])
     trainer.train()
 
     logs = [r for r in read_metrics(work / "metrics.jsonl") if "time/step_s" in r]

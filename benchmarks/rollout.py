@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,6 +29,28 @@ def one_b_config(vocab: int = 100352, **overrides):
     kw = dict(vocab_size=vocab, hidden_size=2048, intermediate_size=5888, num_hidden_layers=16, num_attention_heads=16,
               pad_token_id=0, eos_token_id=1, bos_token_id=None)
     return OlmoHybridConfig(**{**kw, **overrides})
+
+
+def rl_bench_model(gpu: bool, cpu_dtype: str = "bfloat16"):
+    """The GRPO benchmarks' policy: the 1.36B random hybrid on a GPU (without one, a small model for a
+    smoke run of the same code), the think tokenizer padded to its vocabulary, saved to a temp dir
+    that the engines start from. Returns (model, tokenizer, work dir)."""
+    from transformers import OlmoHybridForCausalLM
+
+    from posttrain.model.tiny import build_tiny_tokenizer
+    cfg = one_b_config() if gpu else one_b_config(
+        vocab=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=32)
+    tok = build_tiny_tokenizer("olmo-think", vocab_size=cfg.vocab_size)
+    cfg.pad_token_id, cfg.eos_token_id = tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(0)
+    with torch.device("cuda" if gpu else "cpu"):
+        model = OlmoHybridForCausalLM(cfg).to(torch.bfloat16 if gpu else getattr(torch, cpu_dtype))
+    work = Path(tempfile.mkdtemp())
+    model.save_pretrained(work / "init", save_original_format=False)
+    tok.save_pretrained(work / "init")
+    model.name_or_path = str(work / "init")
+    return model, tok, work
 
 
 def main():
