@@ -92,7 +92,7 @@ class ThroughputCallback(TrainerCallback):
         from posttrain.model.compile_cache import cache_state
         dt, cache = time.perf_counter() - self._first_step_t, cache_state()
         self._first_step_t = -1.0
-        if state.is_world_process_zero:
+        if is_main_process():
             log.info("%s: first step %.1f s (kernel cache %s)", self.stage, dt, cache.get("state", "n/a"))
             self.writer.write({"stage": self.stage, "step": state.global_step, "first_step_s": round(dt, 2),
                                **({"kernel_cache": cache["state"]} if cache else {})})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from posttrain.launch import is_main_process
 from posttrain.rollout.producer import RolloutProducer, rollout_batch, trim_log
 
 
@@ -55,7 +56,7 @@ def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step
         engine = VLLMServerEngine(st.vllm_server_base_url, st.temperature, st.max_completion_length,
                                   trl_generation=getattr(trainer, "vllm_generation", None), ignore_eos=ignore_eos,
                                   stop_token_ids=end_token_ids(tok),
-                                  is_main=trainer.accelerator.is_main_process,
+                                  is_main=is_main_process(),
                                   world_size=trainer.accelerator.num_processes)
     if not trainer.use_vllm:
         trainer.use_vllm = True

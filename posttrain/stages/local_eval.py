@@ -14,6 +14,8 @@ import logging
 import torch
 from transformers import TrainerCallback
 
+from posttrain.launch import is_main_process
+
 log = logging.getLogger("posttrain")
 
 
@@ -33,7 +35,7 @@ class LocalEvalCallback(TrainerCallback):
         with torch.no_grad():
             rec = self._suite(model) if self.suite is not None else self._mix(model)
         model.train(was_training)
-        if rec and state.is_world_process_zero:
+        if rec and is_main_process():
             self.ctx.metrics.write({"step": state.global_step, **rec})
             log.info("%s step %d: %s", self.ctx.name, state.global_step,
                      ", ".join(f"{k} {v:.3f}" for k, v in rec.items() if isinstance(v, float)))
