@@ -136,11 +136,19 @@ def same_columns(rows: list[dict]) -> list[dict]:
     of a batch's first row, and a mix of sources (Dolci-Think-RL's `id`, Dolci-Instruct-RL's `solution`)
     differs from row to row.
 
+    A column that is a list in some rows and a scalar in others (Dolci's list-valued `ground_truth` /
+    `dataset` beside a plain source) gets its scalars wrapped: Arrow holds one type a column, and a
+    one-element list routes and scores as the scalar does (reward.registry.row_units).
+
     >>> same_columns([{"prompt": 1, "id": "a"}, {"prompt": 2, "solution": "s"}])[1]
     {'prompt': 2, 'id': None, 'solution': 's'}
+    >>> [r["ground_truth"] for r in same_columns([{"ground_truth": "2"}, {"ground_truth": ["4"]}, {}])]
+    [['2'], ['4'], None]
     """
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    return [{k: r.get(k) for k in cols} for r in rows]
+    listy = {k for k in cols if any(isinstance(r.get(k), (list, tuple)) for r in rows)}
+    return [{k: [r[k]] if k in listy and r.get(k) is not None and not isinstance(r[k], (list, tuple)) else r.get(k)
+             for k in cols} for r in rows]
 
 
 def select_rows(batch: dict, idx: torch.Tensor) -> dict:
