@@ -116,8 +116,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--vllm-mem", type=float, default=0.35, help="colocated vLLM's share of the GPU (sync)")
     ap.add_argument("--server-mem", type=float, default=0.4, help="the server's share of the GPU (async)")
     ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds from start: stop (and report) before a step that would end past it")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "async_rl.json"))
     a = ap.parse_args(argv)
+    started = time.perf_counter()
 
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -161,6 +164,12 @@ def main(argv=None) -> dict:
     class StepEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
+            # A device call has a hard limit: end while a JSON can still be written, once there are
+            # steady steps to report (the first and async's fill steps are not timed).
+            last = ends[-1] - (ends[-2] if len(ends) > 1 else t0)
+            if (a.time_budget and len(ends) >= 2 + (a.async_steps if is_async else 0)
+                    and ends[-1] - started + 1.2 * last > a.time_budget):
+                control.should_training_stop = True
 
     metrics = MetricsWriter(work / "metrics.jsonl")
     queue = PromptQueue(rows, seed=0)
@@ -201,6 +210,8 @@ def main(argv=None) -> dict:
         if server is not None:
             server.terminate()
             server.wait(timeout=60)
+            log = (work / "server.log").read_text(errors="replace").splitlines()
+            Path(a.out).with_suffix(".server.log").write_text("\n".join(log[:40] + ["..."] + log[-200:]))
 
     logs = [r for r in read_metrics(work / "metrics.jsonl") if "time/step_s" in r]
     skip = 1 + (a.async_steps if is_async else 0)  # first step (autotune) and async's fill steps

@@ -16,8 +16,8 @@
 # Memory split: the server takes SERVER_MEM (0.4) of the GPU, the trainer the rest; sync colocated
 # vLLM takes VLLM_MEM (0.35). The trainer's micro-batch is 8 rows (one group) padded to the longest
 # completion (up to 16K): if it runs out of memory, rerun with LENGTHS=lognormal:2048:8192 and say so.
-# Budget (30 device-min, 10 per call): one row per call, in the order above; a sync long-tailed
-# step is ~2-3 min (it waits for its 16K completion), so few steps fit: STEPS / ASTEPS set them.
+# Budget (30 device-min, 10 per call): one row per call, in the order above. Each row stops itself
+# before BUDGET_S (540 s from its start) and reports its steady steps; STEPS / ASTEPS cap them.
 set -uo pipefail
 what=${1:?row: sync_lognormal async2_lognormal async1_lognormal sync_fixed512 async1_fixed512}
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
@@ -31,15 +31,18 @@ python3 -c "import aiohttp, requests, vllm, transformers; print('vllm', vllm.__v
 LN=${LENGTHS:-lognormal:2048:16384}
 run() {  # name, args...
   local name=$1; shift
-  timeout 580 python3 benchmarks/async_rl.py "$@" --out "$out/async_rl_$name.json" 2>&1 | tail -60 > "$out/async_rl_$name.log"
+  # --time-budget ends the run with a JSON before the call's limit (580 s kills it without one)
+  timeout 585 python3 benchmarks/async_rl.py "$@" --time-budget ${BUDGET_S:-540} --out "$out/async_rl_$name.json" \
+      > "$out/async_rl_$name.full.log" 2>&1
+  tail -n 80 "$out/async_rl_$name.full.log" > "$out/async_rl_$name.log"
   echo "$name rc=${PIPESTATUS[0]}"; grep -E '"(completion_tokens_per_s|wall_s_per_step|blocked_on_rollouts_frac|kl_k3|logprob_gap_abs)"' "$out/async_rl_$name.log"
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tail -1
 }
 case $what in
-  sync_lognormal)   run $what --mode sync --lengths "$LN" --steps ${STEPS:-3} --vllm-mem ${VLLM_MEM:-0.35} ;;
-  async2_lognormal) run $what --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-5} --server-mem ${SERVER_MEM:-0.4} ;;
-  async1_lognormal) run $what --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-4} --server-mem ${SERVER_MEM:-0.4} ;;
-  sync_fixed512)    run $what --mode sync --lengths fixed:512 --steps ${STEPS:-4} --vllm-mem ${VLLM_MEM:-0.35} ;;
-  async1_fixed512)  run $what --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-5} --server-mem ${SERVER_MEM:-0.4} ;;
+  sync_lognormal)   run $what --mode sync --lengths "$LN" --steps ${STEPS:-8} --vllm-mem ${VLLM_MEM:-0.35} ;;
+  async2_lognormal) run $what --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
+  async1_lognormal) run $what --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
+  sync_fixed512)    run $what --mode sync --lengths fixed:512 --steps ${STEPS:-12} --vllm-mem ${VLLM_MEM:-0.35} ;;
+  async1_fixed512)  run $what --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
   *) echo "unknown row $what"; exit 2 ;;
 esac

@@ -37,6 +37,7 @@ from posttrain.model.load import end_token_ids
 from posttrain.recipe import GRPOStage
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
 from posttrain.stages.registry import Geometry, accumulation
+from posttrain.stages.rl_trim import trimmed_logps
 from reward.health import check_crashes
 
 log = logging.getLogger("posttrain")
@@ -177,6 +178,11 @@ class ActiveGRPOTrainer(GRPOTrainer):
                 sync()
                 self._split["sync"] += time.perf_counter() - t
             self.vllm_generation.sync_weights = timed_sync
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False, **extra):
+        return trimmed_logps(super()._get_per_token_logps_and_entropies, model, input_ids, attention_mask,
+                             logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         r = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
