@@ -308,6 +308,10 @@ def test_recipe_benchmarks_and_rl_local_eval_are_checked_and_leave_stage_keys_al
         load_recipe("tiny", ["benchmarks=[{suite: tiny, after: nope}]"])
     with pytest.raises(RecipeError, match=r"benchmarks.0.suite: suite 'nosuch'"):
         load_recipe("tiny", ["benchmarks=[{suite: nosuch}]"])
+    with pytest.raises(RecipeError, match=r"benchmarks.0.judge_model: needed with judge_url"):
+        load_recipe("tiny", ["benchmarks=[{suite: instruct, judge_url: 'http://127.0.0.1:8001/v1'}]"])
+    with pytest.raises(RecipeError, match=r"benchmarks.0.judge_url: '127.0.0.1:8001' is not an http"):
+        load_recipe("tiny", ["benchmarks=[{suite: instruct, judge_url: '127.0.0.1:8001', judge_model: m}]"])
     with pytest.raises(RecipeError, match=r"stages.rl.local_eval_suite"):
         load_recipe("tiny", ["stages.rl.local_eval_every=4", "stages.rl.local_eval_suite=nosuch"])
     plain = Pipeline(load_recipe("tiny", [f"output_dir={tmp_path}"]))
