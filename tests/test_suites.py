@@ -83,7 +83,9 @@ def mt_bench_row(turns: list[str], category: str, reference: list[str]) -> dict:
 
 
 # A few rows of each benchmark in its hub columns (cards cited in suites/think.yaml and instruct.yaml);
-# where the text is a real row it is the dataset's first (AIME 2024 I/1, AIME 2025 I/1, HumanEval/0, ...).
+# the first rows are real ones (MATH-500's first, AIME 2024 I/1, AIME 2025 I/1, HumanEval/0, MBPP 2, IFEval
+# 1000/1001, GSM8K test 0, MT-Bench 81/111), problem texts shortened where marked; GPQA's is made up
+# (the set is gated and asks not to be published).
 SHARDS = {
     "math500": [{"problem": "Convert the point $(0,3)$ in rectangular coordinates to polar coordinates.  Enter your "
                             "answer in the form $(r,\\theta),$ where $r > 0$ and $0 \\le \\theta < 2 \\pi.$",
@@ -121,8 +123,9 @@ SHARDS = {
                 "instruction_id_list": ["punctuation:no_comma", "detectable_format:number_highlighted_sections",
                                         "length_constraints:number_words"],
                 "kwargs": [{}, {"num_highlights": 3}, {"relation": "at least", "num_words": 300}]},
-               hub_ifeval({"key": 1001, "prompt": "Write a letter to a friend in all lowercase letters ask them to "
-                           "go and vote.", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]})],
+               hub_ifeval({"key": 1001, "prompt": "I am planning a trip to Japan, and I would like thee to write an "
+                           "itinerary for my journey in a Shakespearean style. You are not allowed to use any commas "
+                           "in your response.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]})],
     "gsm8k": [{"question": "Janet\u2019s ducks lay 16 eggs per day. She eats three for breakfast every morning and "
                "bakes muffins for her friends every day with four. She sells the remainder at the farmers' market "
                "daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?",
@@ -203,6 +206,17 @@ def test_scorers_on_known_right_and_wrong_completions(task, data_dir):
     right = RIGHT[task] or f"<think>photons</think>Answer: {ref['answer']}"
     scores = suites.SCORERS[spec.scorer]([right, WRONG[task]], ref)
     assert scores == [1.0, 0.0], (task, scores)
+
+
+def test_ifeval_scores_the_hub_form_and_the_raw_jsonl_form_alike():
+    """`datasets` gives every kwargs dict all 24 names (unused None); Google's jsonl only the used ones."""
+    spec = suites.load_suite("instruct").tasks["ifeval"]
+    raw, hub = SHARDS["ifeval"][0], hub_ifeval(SHARDS["ifeval"][0])
+    assert hub["kwargs"][1]["num_highlights"] == 3 and hub["kwargs"][1]["num_words"] is None
+    for row in (raw, hub, SHARDS["ifeval"][1]):
+        ref = json.loads(suites.build_docs("ifeval", spec, [row], "x")[0]["ref"])
+        right = RIGHT["ifeval"] if row["key"] == 1000 else "Hark! To Kyoto we ride and thence to Nara."
+        assert suites.SCORERS["ifeval"]([right, WRONG["ifeval"]], ref) == [1.0, 0.0], row["key"]
 
 
 def test_bad_rows_and_fields_are_one_line_errors(tmp_path):
