@@ -57,6 +57,40 @@ def task_stats(per_doc: dict[int, list[float]], seed_docs: list[list[float]]) ->
             "seed_scores": seeds}
 
 
+# ---- judge endpoint ------------------------------------------------------------------------------
+def check_judge(judge: dict, where: str) -> None:
+    """Refuse a configured but unusable judge before any model loads: one line naming the field.
+
+    `judge` is the suite's `judge:` block merged with --judge-url/--judge-model (recipe:
+    benchmarks[].judge_url/judge_model); its keys are reward.judge.JudgeConfig's.
+    """
+    from urllib.parse import urlparse
+    from reward.judge import JudgeConfig, JudgeError, probe
+    known = JudgeConfig.__dataclass_fields__
+    bad = sorted(set(judge) - set(known))
+    if bad:
+        raise SuiteError(f"{where}: judge.{bad[0]}: unknown field (known: {', '.join(sorted(known))})")
+    url = judge.get("base_url")
+    parts = urlparse(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SuiteError(f"{where}: judge.base_url (--judge-url) {url!r} is not an http(s) URL "
+                         f"of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    if not isinstance(judge.get("model"), str) or not judge["model"].strip():
+        raise SuiteError(f"{where}: judge.model (--judge-model) is needed with judge.base_url {url}: "
+                         f"the model name that server serves")
+    try:
+        probe(**judge)
+    except JudgeError as e:
+        why = str(e)
+        if why.startswith("gave up"):
+            why = "unreachable (" + why.split(": ", 1)[-1] + ")"
+        elif why.startswith("malformed"):
+            why = f"not an OpenAI-compatible /chat/completions reply ({why})"
+        else:  # HTTP 4xx: a wrong path (no /v1?) or a model the server does not serve
+            why = f"refused a 1-token request for judge.model {judge['model']!r}: {why}"
+        raise SuiteError(f"{where}: judge.base_url {url}: {why}") from None
+
+
 # ---- lm-eval glue ---------------------------------------------------------------------------------
 def sampling(model_dir: Path | None, spec: TaskSpec, suite: Suite) -> dict:
     """lm-eval generation_kwargs: the model's generation_config.json, then the task's overrides."""
@@ -165,6 +199,8 @@ def evaluate_suite(target: Target, suite: Suite, backend: str = "hf", data_dir: 
     from lm_eval import simple_evaluate
     from posttrain.data.templates import generation_prefix
     judge = {**suite.judge, **(judge or {})}
+    if judge.get("base_url") and any(t.needs_judge for t in suite.tasks.values()):
+        check_judge(judge, suite.source)
     prefix = generation_prefix(target.template)
     docs, sources, configs = {}, {}, []
     for name, spec in suite.tasks.items():

@@ -116,6 +116,11 @@ def check_recipe(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{src}: benchmarks.{i}.after: {b.after!r} is neither 'exports' nor a stage ({', '.join(names)})")
         if b.backend not in (None, "hf", "vllm"):
             raise RecipeError(f"{src}: benchmarks.{i}.backend: must be hf or vllm, got {b.backend!r}")
+        if b.judge_url and not str(b.judge_url).startswith(("http://", "https://")):
+            raise RecipeError(f"{src}: benchmarks.{i}.judge_url: {b.judge_url!r} is not an http(s) URL "
+                              f"(e.g. http://127.0.0.1:8001/v1)")
+        if b.judge_url and not b.judge_model:
+            raise RecipeError(f"{src}: benchmarks.{i}.judge_model: needed with judge_url (the model name it serves)")
         from posttrain.suites import SuiteError, load_suite
         try:
             load_suite(suite_ref(b.suite, path))

@@ -120,6 +120,7 @@ def load_suite(name_or_path: str) -> Suite:
         spec.scorer = spec.scorer or DEFAULT_SCORER[spec.format]
         if spec.scorer not in SCORERS:
             raise SuiteError(f"{where}.scorer: {spec.scorer!r} is not one of {', '.join(SCORERS)}")
+        spec.needs_judge = spec.needs_judge or spec.scorer == "judge"  # skipped, not crashed, without a judge
         if bool(spec.dataset) == bool(spec.mix):
             raise SuiteError(f"{where}: give exactly one of dataset (hub id) or mix (data mix file)")
         if not isinstance(spec.samples, int) or spec.samples < 1:
@@ -296,12 +297,15 @@ def score_ifeval(comps: list[str], ref: dict, **_) -> list[float]:
 def score_code(comps: list[str], ref: dict, **_) -> list[float]:
     # pass@1 per completion: all tests must pass. The prompt's imports go first, as HumanEval's
     # signatures need them (`List[int]`) and chat models often drop them from their answer.
+    # EvalPlus's test scripts open with `import numpy as np` (their float-tolerant `assertion`;
+    # evalplus tools/{humaneval,mbpp}/to_original_fmt.py), so the sandbox must see the venv's
+    # packages: the stdlib-only interpreter fails every HumanEval+/MBPP+ test with ImportError.
     from reward.code import code_reward, extract_code
     progs = []
     for c in comps:
         body = extract_code(answer_part(c))
         progs.append(f"```python\n{ref.get('header', '')}\n{body}\n```")
-    return [s or 0.0 for s in code_reward(progs, tests=[ref["tests"]] * len(comps), mode="all")]
+    return [s or 0.0 for s in code_reward(progs, tests=[ref["tests"]] * len(comps), mode="all", site_packages=True)]
 
 
 _LETTER = re.compile(r"(?:answer\s*(?:is|:)\s*\(?|\\boxed\{\s*\(?)([ABCD])\b", re.IGNORECASE)
@@ -324,9 +328,17 @@ def score_multiple_choice(comps: list[str], ref: dict, **_) -> list[float]:
 
 
 def score_judge(comps: list[str], ref: dict, judge: dict | None = None, **_) -> list[float]:
+    # An unreadable verdict scores 0 (open-instruct's rule); a request that failed after the
+    # judge's retries stops the run: a score averaged over outages would look like a real one.
+    from reward import metrics
     from reward.judge import judge_reward
     n = len(comps)
+    failed = metrics.snapshot().get("judge/request_fail", 0)
     out = judge_reward(comps, prompts=[ref["prompt"]] * n, reference=[ref.get("reference")] * n, **(judge or {}))
+    failed = metrics.snapshot().get("judge/request_fail", 0) - failed
+    if failed:
+        raise SuiteError(f"judge.base_url {(judge or {}).get('base_url')}: {failed:g} of {n} judge requests failed "
+                         f"after retries (endpoint down or overloaded?)")
     return [s or 0.0 for s in out]
 
 

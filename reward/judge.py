@@ -291,6 +291,21 @@ class Judge:
         self._pool.shutdown(wait=False)
 
 
+def probe(**config: Any) -> str:
+    """One 1-token request to a judge config, no retries: its reply, or JudgeError saying why not.
+
+    Lets a benchmark run refuse an unusable endpoint before any model loads, where the reward
+    path would score every completion `fail_score` and carry on.
+    """
+    known = {k: v for k, v in config.items() if k in JudgeConfig.__dataclass_fields__}
+    judge = Judge(JudgeConfig(**{**known, "retries": 0, "max_tokens": 1,
+                                 "timeout_s": min(float(known.get("timeout_s", 30.0)), 30.0)}))
+    try:
+        return judge._post(judge._body("Reply with the word OK."))
+    finally:
+        judge.close()
+
+
 _judges: dict[str, Judge] = {}
 _judges_lock = threading.Lock()
 
