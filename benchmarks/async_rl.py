@@ -82,7 +82,10 @@ def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path
     t0 = time.time()
     while time.time() - t0 < 900:
         if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            text = log.read_text(errors="replace")
+            first = [x for x in text.splitlines() if "Error" in x or "error:" in x][:10]
+            raise RuntimeError(f"vllm serve exited {proc.returncode}; first errors:\n" + "\n".join(first)
+                               + f"\n...\n{text[-3000:]}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
                 return proc
@@ -146,7 +149,12 @@ def main(argv=None) -> dict:
             for _ in range(a.prompts * (a.steps + a.async_steps + 2))]
     server = None
     if a.mode == "async" and gpu:
-        server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, work / "server.log")
+        try:
+            server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, work / "server.log")
+        except Exception:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).with_suffix(".server.log").write_text((work / "server.log").read_text(errors="replace"))
+            raise
     st = GRPOStage(kind="grpo", mix="-", learning_rate=1e-6, lr_scheduler="constant", max_steps=a.steps, bf16=gpu,
                    micro_batch_size=a.micro_batch, rollouts_per_prompt=a.rollouts, prompts_per_step=a.prompts,
                    max_prompt_length=a.prompt_len + 64, max_completion_length=cap, mask_truncated_completions=False,

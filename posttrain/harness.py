@@ -160,6 +160,9 @@ def make_lm(target: Target, backend: str, seed: int, batch_size: int, dtype: str
         from lm_eval.models.vllm_causallms import VLLM
         from posttrain.vllm_plugin import register
         register()  # the GDN conv loader fix, in this process too (entry point covers workers)
+        import os
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: seeds as above
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         return VLLM(pretrained=str(target.model_dir), seed=seed, dtype=dtype, batch_size="auto",
                     **(vllm_args or {}))
     from lm_eval.models.huggingface import HFLM
@@ -167,9 +170,21 @@ def make_lm(target: Target, backend: str, seed: int, batch_size: int, dtype: str
     return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=_max_len(model))
 
 
-def _release_gpu() -> None:
+def close_lm(lm, backend: str) -> None:
+    """Give the engine's GPU memory back before another target's engine asks for its share
+    (vLLM checks free memory against gpu_memory_utilization at start)."""
     import gc
     import torch
+    if backend == "vllm" and getattr(lm, "model", None) is not None:
+        try:  # the scores are in hand: a failed cleanup costs the next engine memory, not the results
+            engine = getattr(lm.model, "llm_engine", None)
+            if engine is not None and hasattr(engine, "engine_core"):
+                engine.engine_core.shutdown()
+            lm.model = None
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            cleanup_dist_env_and_memory()
+        except Exception as e:  # noqa: BLE001
+            log.warning("vLLM engine cleanup: %s", e)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -217,11 +232,13 @@ def evaluate_suite(target: Target, suite: Suite, backend: str = "hf", data_dir: 
     answered: dict[str, list[float]] = {n: [] for n in docs}
     examples: dict[str, list[dict]] = {n: [] for n in docs}
     t0 = time.time()
+    own_lm = lm is None
     for seed in suite.seeds:
-        if lm is None or backend == "vllm":  # vLLM takes its sampling seed at engine start
-            if backend == "vllm" and lm is not None:
-                lm = None  # the last reference: the engine goes before the next one starts
-                _release_gpu()
+        # One engine for every seed. vLLM's engine runs in this process (make_lm), where it samples
+        # unseeded requests from torch's generator, which simple_evaluate reseeds with each seed. An
+        # engine per seed cost a start and a compile each (~2.5 min for a 1B) and the first one's
+        # memory was not given back before the second asked for its share (H200, 2026-12-01).
+        if lm is None:
             lm = make_lm(target, backend, seed, batch_size, dtype, vllm_args)
         res = simple_evaluate(model=lm, tasks=configs, apply_chat_template=True, log_samples=True,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -240,6 +257,8 @@ def evaluate_suite(target: Target, suite: Suite, backend: str = "hf", data_dir: 
                     examples[n].append({"prompt": s["doc"]["prompt"][:2000], "completion": prefix + str(resp)[:4000],
                                         "score": _mean(sc)})
             seed_docs[n].append(means)
+    if own_lm:
+        close_lm(lm, backend)
     tasks = {}
     for n in docs:
         st = task_stats(per_doc[n], seed_docs[n])

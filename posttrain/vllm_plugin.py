@@ -103,33 +103,60 @@ def patch_module(mod) -> bool:
     return True
 
 
+IPC = "vllm.distributed.weight_transfer.ipc_engine"
+
+
+def exec_without_ray(exec_module, module) -> None:
+    """vLLM 0.26's CUDA-IPC weight transfer module imports `ray` at its top, but uses it only for
+    its "ray" send mode; async RL sends over http. Where ray is not installed, a bare stand-in
+    covers that one import (and is taken back out), so a `vllm serve --weight-transfer-config
+    '{"backend": "ipc"}'` starts: without it the engine core died at start (H200, 2026-12-01)."""
+    import importlib.util
+    import types
+    stub = importlib.util.find_spec("ray") is None
+    if stub:
+        sys.modules["ray"] = types.ModuleType("ray")
+    try:
+        exec_module(module)
+    finally:
+        if stub:
+            sys.modules.pop("ray", None)
+
+
+def _exec_patched(exec_module, module) -> None:
+    exec_module(module)
+    patch_module(module)
+
+
+HOOKS = {TARGET: _exec_patched, IPC: exec_without_ray}
+
+
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches TARGET right after it is first imported, so register() imports nothing heavy
-    (vLLM loads general plugins early, before its platform and model code)."""
+    """Hooks the HOOKS modules' first import, so register() imports nothing heavy (vLLM loads
+    general plugins early, before its platform and model code)."""
 
     def find_spec(self, name, path, target=None):
-        if name != TARGET:
+        if name not in HOOKS:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(name, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
+                spec.loader = _PatchingLoader(spec.loader, HOOKS[name])
                 return spec
         return None
 
 
 class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, inner):
-        self._inner = inner
+    def __init__(self, inner, hook):
+        self._inner, self._hook = inner, hook
 
     def create_module(self, spec):
         return self._inner.create_module(spec)
 
     def exec_module(self, module):
-        self._inner.exec_module(module)
-        patch_module(module)
+        self._hook(self._inner.exec_module, module)
 
     def __getattr__(self, name):  # get_source etc. for inspect / torch.compile
         return getattr(self._inner, name)
@@ -142,8 +169,8 @@ def register() -> str:
         return "vllm not installed: nothing to do"
     if not _affected(v):
         return f"vllm {v} is not a known-broken version: nothing to do"
+    if not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())  # for IPC, and TARGET when not yet imported
     if TARGET in sys.modules:
         return "patched" if patch_module(sys.modules[TARGET]) else "not needed"
-    if not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
     return "will patch on import"

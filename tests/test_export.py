@@ -323,6 +323,15 @@ def test_plugin_patches_on_import(tmp_path, monkeypatch):
         mod._make_fused_conv1d_weight_loader([2, 2, 2], 1, 0)(p, torch.ones(6, 1, 4))
         assert bool(p.eq(1).all())
         assert vllm_plugin.register() == "patched"
+        # vLLM's CUDA-IPC weight transfer module imports ray at its top; without ray it still loads
+        ipc = tmp_path / vllm_plugin.IPC.rsplit(".", 1)[0].replace(".", "/")
+        ipc.mkdir(parents=True)
+        for d in [ipc, *[x for x in ipc.relative_to(tmp_path).parents if str(x) != "."]]:
+            (tmp_path / d / "__init__.py").touch()
+        (ipc / "ipc_engine.py").write_text("import ray\nSEND = 'http'\n")
+        import importlib.util
+        if importlib.util.find_spec("ray") is None:
+            assert importlib.import_module(vllm_plugin.IPC).SEND == "http" and "ray" not in sys.modules
     finally:
         sys.meta_path[:] = finders
         for k in [k for k in sys.modules if k == "vllm" or k.startswith("vllm.")]:

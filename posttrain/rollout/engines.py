@@ -248,18 +248,9 @@ class VLLMServerEngine:
 
 
 def _ipc_engine():
-    """vLLM's CUDA-IPC weight transfer. Its module imports `ray` at the top but uses it only for
-    send_mode="ray"; the http mode used here does not, so where ray is not installed a bare
-    stand-in covers the import and is taken back out of sys.modules right after."""
-    import importlib.util
-    import sys
-    import types
-    stub = importlib.util.find_spec("ray") is None
-    if stub:
-        sys.modules["ray"] = types.ModuleType("ray")
-    try:
-        from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
-    finally:
-        if stub:
-            sys.modules.pop("ray", None)
+    """vLLM's CUDA-IPC weight transfer, imported through posttrain's vLLM plugin, which covers the
+    module's top-level `import ray` where ray is not installed (vllm_plugin.exec_without_ray)."""
+    from posttrain.vllm_plugin import register
+    register()
+    from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine
     return IPCWeightTransferEngine
