@@ -1,9 +1,10 @@
-"""Rollout engines for async RL: each takes `RolloutJob`s and returns Futures of `RolloutGroup`s,
-and takes the trainer's weights at a version.
+"""Rollout engines for async RL: each takes orders of `RolloutJob`s, returns a Future of a
+`RolloutGroup` per job, and takes the trainer's weights at a version.
 
 - `HFEngine`: transformers `generate` on a copy of the policy in a background thread (CPU, CI,
   small models). It keeps a snapshot per version still in use, so each job runs on exactly the
-  weights it was ordered with, whatever the trainer did since.
+  weights it was ordered with, whatever the trainer did since, and samples each completion from
+  a generator of its own, so what it samples does not depend on thread timing either.
 - `VLLMServerEngine`: vLLM's OpenAI server in its own process (`vllm serve` with the dev RLHF
   routes; `trl vllm-serve` execs the same). Requests are n=1 with a seed each, sent from an
   asyncio loop, so every order of every step is in the engine's batch at once. A weight push
@@ -28,9 +29,39 @@ import torch
 from posttrain.rollout.producer import RolloutGroup, RolloutJob
 
 
+class GumbelSampler:
+    """A transformers logits processor that makes greedy `generate` sample: argmax(logits / T + g),
+    g ~ Gumbel(0, 1), is a draw from softmax(logits / T) (the Gumbel-max trick). The noise of row r
+    comes from `torch.Generator` r, so sampling never touches torch's global generator.
+
+    Why not `do_sample=True`: transformers draws with `torch.multinomial(probs)` on the global
+    generator and takes no generator argument (generation/utils.py, `_sample`). The trainer thread
+    draws from that same generator, and reseeding it per job (`torch.manual_seed` in the engine
+    thread, or `torch.random.fork_rng`, which saves and restores the global state and is not
+    thread-safe) still lets the two threads' draws interleave by timing. A private generator per
+    completion, seeded from the job, makes a job's completions a function of its seed and weights.
+
+    >>> gens = [torch.Generator().manual_seed(0)]
+    >>> logits = torch.tensor([[0.0, 1.0, float("-inf")]])
+    >>> picks = torch.stack([GumbelSampler(gens, 1.0)(None, logits) for _ in range(20000)]).argmax(-1)
+    >>> abs(picks.float().mean().item() - torch.tensor([0.0, 1.0]).softmax(0)[1].item()) < 0.015  # 0.731
+    True
+    >>> GumbelSampler(gens, 1.0)(None, logits)[0, 2].item()  # a banned token stays banned
+    -inf
+    """
+
+    def __init__(self, generators: list[torch.Generator], temperature: float):
+        self.generators, self.temperature = generators, temperature
+
+    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
+        e = torch.stack([torch.empty(scores.shape[-1], dtype=torch.float32).exponential_(generator=g)
+                         for g in self.generators]).to(scores.device)
+        return scores.float() / self.temperature - e.log()  # -log(Exp(1)) ~ Gumbel(0, 1)
+
+
 class HFEngine:
-    """Generation on a private copy of the policy, one batch of same-version jobs at a time;
-    urgent jobs (active-sampling refills) first."""
+    """Generation on a private copy of the policy, one order of same-version jobs at a time;
+    urgent orders (active-sampling refills) first."""
 
     def __init__(self, model, pad_token_id: int, eos_token_ids: list[int], temperature: float, max_tokens: int,
                  max_batch_groups: int = 64):
@@ -59,44 +90,42 @@ class HFEngine:
         for v in [v for v in self.snapshots if v != self.latest and not self.refs.get(v)]:
             del self.snapshots[v]
 
-    def submit(self, job: RolloutJob) -> Future:
-        fut: Future = Future()
+    def submit(self, jobs: list[RolloutJob]) -> list[Future]:
+        """One order (all of the same version and urgency): it becomes one `generate` call (or
+        several of `max_batch_groups`), never merged with other orders. What shares a batch sets
+        the padding and the batch shape, which move logits in the last bits and so, rarely, a
+        sampled token; batching by order keeps that independent of when the thread got to it."""
+        futs = [Future() for _ in jobs]
+        if not jobs:
+            return futs
         with self._lock:
-            self.refs[job.version] = self.refs.get(job.version, 0) + 1
+            for j in jobs:
+                self.refs[j.version] = self.refs.get(j.version, 0) + 1
             self._n += 1
-            self._jobs.put((0 if job.urgent else 1, self._n, job, fut))
-        return fut
+            self._jobs.put((0 if jobs[0].urgent else 1, self._n, jobs, futs))
+        return futs
 
     def _work(self) -> None:
         while True:
-            item = self._jobs.get()
-            if item[2] is None:  # close()
+            _, _, jobs, futs = self._jobs.get()
+            if jobs is None:  # close()
                 return
-            batch = [item]
-            # Same-version, same-priority jobs waiting behind it go in the same generate call.
-            while len(batch) < self.max_batch_groups:
+            for a in range(0, len(jobs), self.max_batch_groups):
+                batch = list(zip(jobs[a:a + self.max_batch_groups], futs[a:a + self.max_batch_groups]))
+                live = [(j, f) for j, f in batch if f.set_running_or_notify_cancel()]
                 try:
-                    nxt = self._jobs.get_nowait()
-                except queue_mod.Empty:
-                    break
-                if nxt[2] is None or nxt[0] != item[0] or nxt[2].version != item[2].version:
-                    self._jobs.put(nxt)
-                    break
-                batch.append(nxt)
-            live = [b for b in batch if b[3].set_running_or_notify_cancel()]
-            try:
-                groups = self._generate([b[2] for b in live]) if live else []
-                for (_, _, _, fut), gr in zip(live, groups):
-                    fut.set_result(gr)
-            except BaseException as e:  # the trainer sees it at its next take
-                for _, _, _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(e)
-            finally:
-                with self._lock:
-                    for _, _, job, _ in batch:
-                        self.refs[job.version] -= 1
-                    self._drop_unused()
+                    groups = self._generate([j for j, _ in live]) if live else []
+                    for (_, fut), gr in zip(live, groups):
+                        fut.set_result(gr)
+                except BaseException as e:  # the trainer sees it at its next take
+                    for _, fut in live:
+                        if not fut.done():
+                            fut.set_exception(e)
+                finally:
+                    with self._lock:
+                        for j, _ in batch:
+                            self.refs[j.version] -= 1
+                        self._drop_unused()
 
     @torch.no_grad()
     def _generate(self, jobs: list[RolloutJob]) -> list[RolloutGroup]:
@@ -113,11 +142,15 @@ class HFEngine:
         # Left padding: the GDN layers zero padded positions, which is exact only on the left.
         ids = torch.tensor([[self.pad] * (width - len(r)) + r for r in rows], device=dev)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=dev)
-        torch.manual_seed(jobs[0].seed)
+        # Completion c of a job: generator seeded job.seed + c, as the vLLM engine seeds its requests.
+        gens = [torch.Generator().manual_seed(j.seed + c) for j in jobs for c in range(j.n)]
         max_new = max(max(j.max_tokens) if j.max_tokens else self.max_tokens for j in jobs)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature,
-                                  top_k=0, top_p=1.0, max_new_tokens=max_new, output_logits=True,
-                                  return_dict_in_generate=True, pad_token_id=self.pad, eos_token_id=sorted(self.eos))
+        # Greedy over Gumbel-perturbed scores = sampling at temperature T with no top-k/top-p (see
+        # GumbelSampler); with do_sample off, generate adds none of its sampling warpers.
+        out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, temperature=None, top_k=None,
+                                  top_p=None, logits_processor=[GumbelSampler(gens, self.temperature)],
+                                  max_new_tokens=max_new, output_logits=True, return_dict_in_generate=True,
+                                  pad_token_id=self.pad, eos_token_id=sorted(self.eos))
         new = out.sequences[:, width:]
         # The trainer scores tokens with log_softmax(logits / T) (TRL), so the engine's logprobs are
         # taken from the raw logits the same way: no top-k/top-p, so that is also what was sampled.
@@ -180,8 +213,8 @@ class VLLMServerEngine:
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                      connector=aiohttp.TCPConnector(limit=0))
 
-    def submit(self, job: RolloutJob) -> Future:
-        return asyncio.run_coroutine_threadsafe(self._group(job), self.loop)
+    def submit(self, jobs: list[RolloutJob]) -> list[Future]:
+        return [asyncio.run_coroutine_threadsafe(self._group(j), self.loop) for j in jobs]
 
     async def _one(self, job: RolloutJob, c: int) -> tuple[list[int], list[float]]:
         body = {"model": self.model_name, "prompt": job.prompt_ids, "n": 1, "temperature": self.temperature,

@@ -56,7 +56,8 @@ class RolloutGroup:
 
 class RolloutProducer:
     """Trainer-side half: what to order when, what to hand the trainer, what is in flight.
-    `engine` runs the jobs (in a background thread or a server) and returns Futures."""
+    `engine.submit(jobs)` runs an order's jobs (in a background thread or a server) and returns a
+    Future per job."""
 
     def __init__(self, engine, queue, tokenize, num_generations: int, prompts_per_step: int, async_steps: int,
                  weight_sync_steps: int = 1, max_steps: int | None = None, seed: int = 0, log_path: Path | None = None,
@@ -74,13 +75,13 @@ class RolloutProducer:
         self._orders = 0
 
     def _order(self, idxs: list[int], urgent: bool = False, step: int | None = None) -> list[Future]:
-        futs = []
+        jobs = []
         for i in idxs:
             self._orders += 1
             seed = (self.seed * 1_000_003 + self._orders * 7919 + i) % (2 ** 31)
             mt = self.max_tokens_fn(i, self.g) if self.max_tokens_fn else None
-            job = RolloutJob(i, self.tokenize(i), self.g, self.version, seed, urgent, mt)
-            futs.append(self.engine.submit(job))
+            jobs.append(RolloutJob(i, self.tokenize(i), self.g, self.version, seed, urgent, mt))
+        futs = self.engine.submit(jobs)
         if step is not None:
             self.ahead.extend((step, i, f) for i, f in zip(idxs, futs))
         return futs
