@@ -23,7 +23,7 @@ sft() {  # NAME LIMIT_S overrides...: the SFT stage of the 7B throughput recipe,
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
   timeout -k 10 "$limit" python3 -m posttrain run benchmarks/recipes/olmo-hybrid-7b-throughput.yaml --stage sft \
-      output_dir="/tmp/run-$name" kernel_cache="$kc" model.fused_layers=true "$@" > "$out/$name.log" 2>&1
+      output_dir="/tmp/run-$name" kernel_cache="$kc" "$@" > "$out/$name.log" 2>&1
   echo "$name: exit $? after $((SECONDS - t0)) s"
   grep -E "kernel cache|first step|fused layers|packed rows" "$out/$name.log" | cut -c1-400
   python3 benchmarks/stage_metrics.py --run "/tmp/run-$name" --stage sft --gpus 1 --warmup "${WARMUP:-2}" \

@@ -34,7 +34,7 @@ def test_fused_layers_on_a_cuda_machine_without_fla_says_how_to_opt_out(monkeypa
     from posttrain.model import kernels
     from posttrain.recipe import ModelConfig
     from posttrain.stages import common
-    assert ModelConfig().fused_layers is False  # opt-in until the fp32 GPU parity test has passed
+    assert ModelConfig().fused_layers is True  # on by default since the fp32 GPU parity test passed
     monkeypatch.setattr(common.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(kernels, "fla_problem", lambda device=None: "fla is not installed (pip install flash-linear-attention)")
     model = build_tiny_model(seed=0)

@@ -75,7 +75,7 @@ def load_stage_model(ctx: StageContext):
 
 
 def fuse_stage_layers(ctx: StageContext, model) -> None:
-    """`model.fused_layers` (opt-in): fla's fused norm/MLP kernels on CUDA; the torch code on CPU."""
+    """`model.fused_layers` (on by default): fla's fused norm/MLP kernels on CUDA; the torch code on CPU."""
     if not torch.cuda.is_available():
         log.debug("%s: model.fused_layers applies on CUDA only; the torch norms and MLPs run on CPU", ctx.name)
         return
