@@ -26,7 +26,12 @@ printf 'try:\n    import posttrain.vllm_plugin as _p\n    _p.register()\nexcept 
 export PYTHONPATH=$site:/tmp/site:$PWD
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
-python3 -c "import aiohttp, requests, vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)" \
+# Fail in seconds, not after minutes of compiling: what `vllm serve` and the IPC transfer import
+# (2026-12-01 the server died at start on ray, then on prometheus_fastapi_instrumentator).
+python3 -c "import aiohttp, requests, vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)
+import posttrain.vllm_plugin as p; p.register()
+import vllm.entrypoints.openai.api_server, vllm.entrypoints.serve.instrumentator.metrics
+from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine" \
   || { echo "missing packages (see the header)"; exit 1; }
 LN=${LENGTHS:-lognormal:2048:16384}
 run() {  # name, args...

@@ -4,9 +4,9 @@
 # lands in $OUT/suite_vllm.json for benchmarks/RESULTS.md.
 #
 # Needs vLLM, transformers 5.23 and lm-eval in /tmp/site, staged as for scripts/gpu_export.sh
-# (../shared/device/stage-wheels.sh train vllm, plus `pip download lm-eval==0.4.13` and its deps).
-# Time: one vLLM engine per seed (2), each ~10 s to start plus GDN kernel autotuning on the first
-# generate (~1 min): budget ~5 minutes.
+# (../shared/device/stage-wheels.sh train vllm eval: 5 calls).
+# Time (H200, 2026-12-01): one vLLM engine serves both seeds: 44 s to start, then ~90 s of GDN
+# Triton compiles in its first generate; with the 1.1B export built first, budget ~6 minutes.
 set -euo pipefail
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
 out=${OUT:-benchmarks/results}

@@ -39,6 +39,12 @@ def test_good_code_passes_and_runs_in_own_dir():
     assert r.status == "ok" and r.payload["passed"] == [True, True]
 
 
+def test_integers_past_4300_digits_parse_as_in_evalplus_tests():
+    big = "7" * 5000
+    r = run_asserts(f"def f():\n    return {big}", [f"assert f() == {big}", "assert len(str(f())) == 5000"])
+    assert r.status == "ok" and r.payload["passed"] == [True, True]
+
+
 def test_infinite_loop_is_stopped():
     t = time.monotonic()
     r = run_asserts("while True:\n    pass")
