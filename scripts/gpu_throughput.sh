@@ -4,6 +4,7 @@
 #   bash scripts/gpu_throughput.sh packing  # 1.36B at 16K: stock padding-free, packed, +fused layers, +LM head
 #   bash scripts/gpu_throughput.sh sft8k    # 7B SFT stage at 8K: cold kernel cache, then a rerun on the warm one
 #   bash scripts/gpu_throughput.sh sft32k   # 7B SFT stage at 32K rows, gradient checkpointing
+#   bash scripts/gpu_throughput.sh profile7b  # kernel-time table of one 8K step on 8 of the 7B's layers
 # Several at once: bash scripts/gpu_throughput.sh sft8k parity. Each part has its own time limit so
 # that one device call (600 s) still returns what finished. Logs and JSON go to $OUT, else
 # benchmarks/results. Needs `../shared/device/stage-wheels.sh train` installed into /tmp/site.
@@ -41,6 +42,10 @@ for what in "$@"; do
       timeout -k 10 "${PACKING_S:-300}" python3 benchmarks/packing.py --modes stock packed fused head --seq-lens 16384 \
           --out "$out/packing_16k.json" > "$out/packing_16k.log" 2>&1 || rc=1
       tail -n 16 "$out/packing_16k.log" ;;
+    profile7b)  # where an 8K step of the 7B's layers spends its kernel time (8 of its 32 layers)
+      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes fused --seq-lens 8192 \
+          --profile --out "$out/profile_7b8l_8k.json" > "$out/profile_7b8l_8k.log" 2>&1 || rc=1
+      grep -A 14 "profiled" "$out/profile_7b8l_8k.log" | cut -c1-200 ;;
     sft8k)
       sft sft8k_cold "${COLD_S:-340}" stages.sft.max_steps=10
       sft sft8k_warm "${WARM_S:-190}" stages.sft.max_steps=5 ;;
