@@ -100,6 +100,8 @@ def test_stage_trainers_score_through_the_fused_head():
         assert "add_fused_lm_head(" in inspect.getsource(cls.__init__), cls.__name__
     assert "fused_lm_head=True" in inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
     assert "fused_lm_head=True" in inspect.getsource(SFTTrainer.compute_loss)
-    assert "_get_per_token_logps_and_entropies" not in vars(ActiveGRPOTrainer)
+    # GRPO's override only cuts each chunk to its width (stages/rl_trim.py) and scores through TRL's
+    own = inspect.getsource(ActiveGRPOTrainer._get_per_token_logps_and_entropies)
+    assert "super()._get_per_token_logps_and_entropies" in own and "lm_head" not in own and "log_softmax" not in own
     assert FixedRowSFTTrainer.compute_loss is not SFTTrainer.compute_loss  # it wraps, calling super()
     assert "super().compute_loss" in inspect.getsource(FixedRowSFTTrainer.compute_loss)
