@@ -69,6 +69,30 @@ def length_fn(spec: str, seed: int = 0):
     raise ValueError(f"--lengths: fixed:N or lognormal:MEAN:CAP, got {spec!r}")
 
 
+def padding_table(spec: str, prompts: int = 64, rollouts: int = 8, micro: int = 16, steps: int = 50) -> dict:
+    """Completion positions the trainer runs per step, over real completion tokens, for a length
+    distribution: TRL's stock padding (every row to the step's longest), each micro-batch cut to its
+    own longest (posttrain/stages/rl_trim.trimmed_logps, rows in TRL's random order), and cut after
+    the rows of the step are dealt into micro-batches by length (regroup_by_length). No GPU needed.
+
+    >>> t = padding_table("fixed:512", steps=2)
+    >>> t["stock"] == t["cut"] == t["cut_regrouped"] == 1.0
+    True
+    """
+    f = length_fn(spec)
+    tot = {"real": 0, "stock": 0, "cut": 0, "cut_regrouped": 0}
+    for s in range(steps):
+        lens = [f(s * prompts + i, j) for i in range(prompts) for j in range(rollouts)]
+        shuffled = lens[:]
+        random.Random(s).shuffle(shuffled)
+        ranked = sorted(lens, reverse=True)
+        tot["real"] += sum(lens)
+        tot["stock"] += len(lens) * max(lens)
+        tot["cut"] += sum(micro * max(shuffled[k:k + micro]) for k in range(0, len(lens), micro))
+        tot["cut_regrouped"] += sum(micro * max(ranked[k:k + micro]) for k in range(0, len(lens), micro))
+    return {k: round(v / tot["real"], 2) for k, v in tot.items() if k != "real"}
+
+
 def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path) -> subprocess.Popen:
     """`vllm serve` with the dev RLHF routes, CUDA-IPC weight transfer and processed logprobs
     (what `trl vllm-serve` sets, trl/scripts/vllm_serve.py), on this GPU."""
@@ -122,8 +146,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds from start: stop (and report) before a step that would end past it")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "async_rl.json"))
+    ap.add_argument("--padding-table", action="store_true", help="print padding_table for --lengths and exit")
     a = ap.parse_args(argv)
     started = time.perf_counter()
+    if a.padding_table:
+        t = padding_table(a.lengths, a.prompts, a.rollouts, a.micro_batch)
+        print(json.dumps({"lengths": a.lengths, "micro_batch": a.micro_batch, "positions_over_real_tokens": t}))
+        return t
 
     from datasets import Dataset
     from transformers import TrainerCallback

@@ -37,7 +37,7 @@ from posttrain.model.load import end_token_ids
 from posttrain.recipe import GRPOStage
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
 from posttrain.stages.registry import Geometry, accumulation
-from posttrain.stages.rl_trim import trimmed_logps
+from posttrain.stages.rl_trim import REGROUP_SAFE, regroup_by_length, trimmed_logps
 from reward.health import check_crashes
 
 log = logging.getLogger("posttrain")
@@ -178,6 +178,21 @@ class ActiveGRPOTrainer(GRPOTrainer):
                 sync()
                 self._split["sync"] += time.perf_counter() - t
             self.vllm_generation.sync_weights = timed_sync
+
+    def _prepare_inputs(self, generation_batch):
+        spg = self.args.steps_per_generation
+        fresh = self.model.training and (self._step % (spg * self.num_iterations) == 0 or self._buffered_inputs is None)
+        inputs = super()._prepare_inputs(generation_batch)
+        ga = self.current_gradient_accumulation_steps
+        if fresh and ga > 1 and self._regroup_safe():  # rows of a step into micro-batches by length
+            self._buffered_inputs = regroup_by_length(self._buffered_inputs, ga)
+            inputs = self._buffered_inputs[self._step % spg]
+        return inputs
+
+    def _regroup_safe(self) -> bool:
+        # per-micro-batch statistics (bnpo's normalizer, the entropy bonus, entropy masking) would change
+        return (self.loss_type in REGROUP_SAFE and not getattr(self, "_entropy_bonus_enabled", False)
+                and getattr(self.args, "top_entropy_quantile", 1.0) >= 1.0)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False, **extra):
