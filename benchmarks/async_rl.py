@@ -79,17 +79,19 @@ def padding_table(spec: str, prompts: int = 64, rollouts: int = 8, micro: int = 
     >>> t["stock"] == t["cut"] == t["cut_regrouped"] == 1.0
     True
     """
+    from posttrain.stages.rl_trim import regroup_by_length
     f = length_fn(spec)
     tot = {"real": 0, "stock": 0, "cut": 0, "cut_regrouped": 0}
     for s in range(steps):
         lens = [f(s * prompts + i, j) for i in range(prompts) for j in range(rollouts)]
-        shuffled = lens[:]
-        random.Random(s).shuffle(shuffled)
-        ranked = sorted(lens, reverse=True)
+        random.Random(s).shuffle(lens)  # TRL shuffles a step's rows before its micro-batches
+        mask = (torch.arange(max(lens))[None] < torch.tensor(lens)[:, None]).long()  # right-padded, as TRL's
+        micros = [{"completion_mask": mask[k:k + micro]} for k in range(0, len(lens), micro)]
         tot["real"] += sum(lens)
         tot["stock"] += len(lens) * max(lens)
-        tot["cut"] += sum(micro * max(shuffled[k:k + micro]) for k in range(0, len(lens), micro))
-        tot["cut_regrouped"] += sum(micro * max(ranked[k:k + micro]) for k in range(0, len(lens), micro))
+        tot["cut"] += sum(micro * int(m["completion_mask"].sum(1).max()) for m in micros)
+        tot["cut_regrouped"] += sum(micro * int(m["completion_mask"].sum(1).max())
+                                    for m in regroup_by_length(micros, len(micros)))
     return {k: round(v / tot["real"], 2) for k, v in tot.items() if k != "real"}
 
 

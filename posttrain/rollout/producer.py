@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 
-
 def job_seed(base: int, n: int, idx: int) -> int:
     """The sampling seed of the n-th job (prompt `idx`); completion c samples with seed + c in both
     engines. A hash, so no two jobs' seed ranges line up by construction (an affine mix of n and idx
@@ -40,6 +39,7 @@ def job_seed(base: int, n: int, idx: int) -> int:
     """
     h = int.from_bytes(hashlib.blake2b(f"{base}/{n}/{idx}".encode(), digest_size=8).digest(), "little")
     return h % (2**31 - 64)  # room for seed + c below 2**31 (vLLM's seed is an int64, torch's any int)
+
 
 @dataclass
 class RolloutJob:

@@ -16,16 +16,16 @@ from __future__ import annotations
 import torch
 
 
-def chunk_width(attention_mask: torch.Tensor) -> int:
-    """Columns up to and including the last attended position of any row.
+def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last attended column, -1 for a row with none (a chunk is cut after its rows' max).
 
-    >>> chunk_width(torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]]))
-    4
-    >>> chunk_width(torch.zeros(2, 3, dtype=torch.long))
-    1
+    >>> last_attended(torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]])).tolist()
+    [2, 3]
+    >>> last_attended(torch.zeros(2, 3, dtype=torch.long)).tolist()
+    [-1, -1]
     """
-    cols = attention_mask.any(dim=0).nonzero()
-    return int(cols[-1]) + 1 if len(cols) else 1
+    cols = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    return torch.where(attention_mask.bool(), cols, -1).amax(1)
 
 
 def trimmed_logps(logps_fn, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
@@ -39,15 +39,15 @@ def trimmed_logps(logps_fn, model, input_ids, attention_mask, logits_to_keep, ba
     width = input_ids.size(1)
     # Several chunks (the old/ref log-prob passes over a whole generation batch): chunk the rows
     # longest first, so each chunk is cut near its own rows' lengths; rows are independent here.
-    order = None
+    last, order = last_attended(attention_mask), None
     if input_ids.size(0) > batch_size:
-        last = torch.where(attention_mask.bool(), torch.arange(width, device=attention_mask.device), -1).amax(1)
         order = torch.argsort(last, descending=True, stable=True)
-        input_ids, attention_mask = input_ids[order], attention_mask[order]
+        input_ids, attention_mask, last = input_ids[order], attention_mask[order], last[order]
+    widths = (last + 1).clamp(min=1).tolist()  # one device sync for every chunk's width
     logps, ents, aux = [], [], []
     for s in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[s:s + batch_size], attention_mask[s:s + batch_size]
-        w = max(chunk_width(mask), width - logits_to_keep + 1)  # keep the whole prompt and >= 1 completion column
+        w = max(max(widths[s:s + batch_size]), width - logits_to_keep + 1)  # whole prompt, >= 1 completion column
         lp, ent, ax = logps_fn(model, ids[:, :w], mask[:, :w], logits_to_keep - (width - w), None,
                                compute_entropy, compute_aux_loss)
         pad = width - w
@@ -93,12 +93,12 @@ def regroup_by_length(micro_batches: list[dict], per_step: int) -> list[dict]:
                 rows[k] = torch.cat([m[k] for m in block])
             elif isinstance(v, list):
                 rows[k] = [x for m in block for x in m[k]]
-        lengths = rows["completion_mask"].sum(1)
-        order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))  # stable: ties keep TRL's order
+        # stable: ties keep TRL's order
+        order = torch.argsort(rows["completion_mask"].sum(1), descending=True, stable=True)
         size = len(order) // len(block)
         for j, m in enumerate(block):
-            take = order[j * size:(j + 1) * size]
-            idx = torch.tensor(take, device=rows["completion_mask"].device)
+            idx = order[j * size:(j + 1) * size]
+            take = idx.tolist()
             out.append({k: (rows[k][idx] if isinstance(rows[k], torch.Tensor) else [rows[k][i] for i in take])
                         if k in rows else v for k, v in m.items()})
     return out
