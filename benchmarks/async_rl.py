@@ -147,10 +147,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds from start: stop (and report) before a step that would end past it")
+    ap.add_argument("--stack-every", type=float, default=120,
+                    help="seconds between dumps of every thread's Python stack to stderr (0: off): a long "
+                         "silent phase (a kernel compiling, a wait) then says where it is")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "async_rl.json"))
     ap.add_argument("--padding-table", action="store_true", help="print padding_table for --lengths and exit")
     a = ap.parse_args(argv)
     started = time.perf_counter()
+    import faulthandler
+    if a.stack_every > 0 and not a.padding_table and torch.cuda.is_available():
+        faulthandler.dump_traceback_later(a.stack_every, repeat=True)
     if a.padding_table:
         t = padding_table(a.lengths, a.prompts, a.rollouts, a.micro_batch)
         print(json.dumps({"lengths": a.lengths, "micro_batch": a.micro_batch, "positions_over_real_tokens": t}))
@@ -179,13 +185,11 @@ def main(argv=None) -> dict:
                                                             for _ in range(a.prompt_len))}]}
             for _ in range(a.prompts * (a.steps + a.async_steps + 2))]
     server = None
+    # Logs go straight to the output dir: a run killed at a device call's limit still leaves them.
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    server_log, metrics_file = Path(a.out).with_suffix(".server.log"), Path(a.out).with_suffix(".metrics.jsonl")
     if a.mode == "async" and gpu:
-        try:
-            server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, work / "server.log")
-        except Exception:
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).with_suffix(".server.log").write_text((work / "server.log").read_text(errors="replace"))
-            raise
+        server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, server_log)
     st = GRPOStage(kind="grpo", mix="-", learning_rate=1e-6, lr_scheduler="constant", max_steps=a.steps, bf16=gpu,
                    micro_batch_size=a.micro_batch, rollouts_per_prompt=a.rollouts, prompts_per_step=a.prompts,
                    max_prompt_length=a.prompt_len + 64, max_completion_length=cap, mask_truncated_completions=False,
@@ -206,11 +210,13 @@ def main(argv=None) -> dict:
             # A device call has a hard limit: end while a JSON can still be written, once there are
             # steady steps to report (the first and async's fill steps are not timed).
             last = ends[-1] - (ends[-2] if len(ends) > 1 else t0)
+            print(f"[async_rl] step {len(ends)} ended at {ends[-1] - started:.0f} s (this step {last:.0f} s)", flush=True)
             if (a.time_budget and len(ends) >= 2 + (a.async_steps if is_async else 0)
                     and ends[-1] - started + 1.2 * last > a.time_budget):
                 control.should_training_stop = True
 
-    metrics = MetricsWriter(work / "metrics.jsonl")
+    metrics_file.unlink(missing_ok=True)
+    metrics = MetricsWriter(metrics_file)
     queue = PromptQueue(rows, seed=0)
     trainer = ActiveGRPOTrainer(
         model=model, args=args, reward_funcs=[coin_flip], train_dataset=Dataset.from_list(rows), processing_class=tok,
@@ -240,19 +246,19 @@ def main(argv=None) -> dict:
             return real(prompts, sampling_params=per, **kw)
         llm.generate = generate
     t0 = time.perf_counter()
+    print(f"[async_rl] trainer ready at {t0 - started:.0f} s ({a.mode}, server: {server is not None})", flush=True)
     try:
         trainer.train()
     finally:
+        faulthandler.cancel_dump_traceback_later()
         mem = gpu_memory_by_pid()
         if trainer.rollouts is not None:
             trainer.rollouts.close()
         if server is not None:
             server.terminate()
             server.wait(timeout=60)
-            log = (work / "server.log").read_text(errors="replace").splitlines()
-            Path(a.out).with_suffix(".server.log").write_text("\n".join(log[:40] + ["..."] + log[-200:]))
 
-    logs = [r for r in read_metrics(work / "metrics.jsonl") if "time/step_s" in r]
+    logs = [r for r in read_metrics(metrics_file) if "time/step_s" in r]
     skip = 1 + (a.async_steps if is_async else 0)  # first step (autotune) and async's fill steps
     skip = min(skip, max(len(ends) - 2, 0))
     steady = logs[skip:]

@@ -43,6 +43,9 @@ def rl_bench_model(gpu: bool, cpu_dtype: str = "bfloat16"):
         linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=32)
     tok = build_tiny_tokenizer("olmo-think", vocab_size=cfg.vocab_size)
     cfg.pad_token_id, cfg.eos_token_id = tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")
+    if gpu:  # as the stages' load_model does
+        from posttrain.model.gdn_l2norm import install
+        install()
     torch.manual_seed(0)
     with torch.device("cuda" if gpu else "cpu"):
         model = OlmoHybridForCausalLM(cfg).to(torch.bfloat16 if gpu else getattr(torch, cpu_dtype))

@@ -4,8 +4,13 @@
 # process on the same GPU (CUDA-IPC weight transfer), on long-tailed per-request lengths
 # (log-normal, mean 2048, cap 16384) and on a fixed 512. benchmarks/async_rl.py says what is measured.
 #
-#   bash scripts/gpu_async_rl.sh ROW     ROW: sync_lognormal async2_lognormal async1_lognormal
+#   bash scripts/gpu_async_rl.sh ROW     ROW: smoke sync_lognormal async1_lognormal async2_lognormal
 #                                             sync_fixed512 async1_fixed512 (one device call each)
+# `smoke` first on a new machine (~5 min): both modes on 16 prompts x 4 at short lengths, same model and
+# micro-batch, so the path is proven and the kernel caches (Triton, tilelang, vLLM's) are warm for the
+# timed rows that follow on the same machine. Each row's log, server log and per-step metrics are
+# written as it goes (a row cut at the call's limit leaves them); every 120 s the benchmark dumps its
+# Python stacks into the log, so a silent phase says where it is.
 #
 # Needs vLLM 0.26 + transformers (sets `train vllm`) in /tmp/site, staged as scripts/gpu_export.sh
 # says; aiohttp and requests must import (checked first). vLLM's IPC weight-transfer module imports
@@ -19,7 +24,7 @@
 # Budget (30 device-min, 10 per call): one row per call, in the order above. Each row stops itself
 # before BUDGET_S (540 s from its start) and reports its steady steps; STEPS / ASTEPS cap them.
 set -uo pipefail
-what=${1:?row: sync_lognormal async2_lognormal async1_lognormal sync_fixed512 async1_fixed512}
+what=${1:?row: smoke sync_lognormal async1_lognormal async2_lognormal sync_fixed512 async1_fixed512}
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
 site=$(mktemp -d)
 printf 'try:\n    import posttrain.vllm_plugin as _p\n    _p.register()\nexcept Exception as e:\n    print("posttrain vllm plugin:", e)\n' > "$site/sitecustomize.py"
@@ -34,16 +39,20 @@ import vllm.entrypoints.openai.api_server, vllm.entrypoints.serve.instrumentator
 from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine" \
   || { echo "missing packages (see the header)"; exit 1; }
 LN=${LENGTHS:-lognormal:2048:16384}
-run() {  # name, args...
+run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S or 540)
   local name=$1; shift
-  # --time-budget ends the run with a JSON before the call's limit (580 s kills it without one)
-  timeout 585 python3 benchmarks/async_rl.py "$@" --time-budget ${BUDGET_S:-540} --out "$out/async_rl_$name.json" \
+  local budget=${RB:-${BUDGET_S:-540}}
+  # --time-budget ends the run with a JSON before the call's limit (the timeout kills it without one)
+  timeout $((budget + 45)) python3 benchmarks/async_rl.py "$@" --time-budget "$budget" --out "$out/async_rl_$name.json" \
       > "$out/async_rl_$name.full.log" 2>&1
   tail -n 80 "$out/async_rl_$name.full.log" > "$out/async_rl_$name.log"
   echo "$name rc=${PIPESTATUS[0]}"; grep -E '"(completion_tokens_per_s|wall_s_per_step|blocked_on_rollouts_frac|kl_k3|logprob_gap_abs)"' "$out/async_rl_$name.log"
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tail -1
 }
 case $what in
+  smoke)  # 16 x 4 completions a step, log-normal mean 256 cap 2048
+    RB=200 run smoke_sync --mode sync --lengths lognormal:256:2048 --prompts 16 --rollouts 4 --steps 3 --vllm-mem ${VLLM_MEM:-0.35}
+    RB=240 run smoke_async --mode async --async-steps 1 --lengths lognormal:256:2048 --prompts 16 --rollouts 4 --steps 4 --server-mem ${SERVER_MEM:-0.4} ;;
   sync_lognormal)   run $what --mode sync --lengths "$LN" --steps ${STEPS:-8} --vllm-mem ${VLLM_MEM:-0.35} ;;
   async2_lognormal) run $what --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
   async1_lognormal) run $what --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;

@@ -77,6 +77,9 @@ def load_model(source: str | Path, dtype: str = "float32", attn_implementation: 
     else:
         model = AutoModelForCausalLM.from_pretrained(str(source), dtype=DTYPES[dtype],
                                                      attn_implementation=attn_implementation)
+    if torch.cuda.is_available():
+        from posttrain.model.gdn_l2norm import install
+        install()  # no GDN norm kernel compiled per sequence length (RL's varying widths)
     if tokenizer is not None:
         model.generation_config.eos_token_id = end_token_ids(tokenizer)
         model.generation_config.pad_token_id = tokenizer.pad_token_id

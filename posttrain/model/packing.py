@@ -34,6 +34,7 @@ from transformers.models.olmo_hybrid import modeling_olmo_hybrid as olmo
 
 from posttrain.data.packing import NON_MODEL_KEYS
 from posttrain.model import kernels as K
+from posttrain.model.gdn_l2norm import l2norm
 
 CTX_KEY = "posttrain_packed"
 
@@ -259,8 +260,9 @@ class PackedGatedDeltaNet(olmo.OlmoHybridGatedDeltaNet):
         # Gates in fp32, as the stock forward computes them.
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
         if fla:
-            out, _ = chunk_rule(q, k, v, g=g, beta=beta, initial_state=None, output_final_state=False,
-                                use_qk_l2norm_in_kernel=True, cu_seqlens=ctx.cu_seqlens,
+            # q/k normalised in torch: fla's in-kernel norm compiles once per length bucket (gdn_l2norm)
+            out, _ = chunk_rule(l2norm(q), l2norm(k), v, g=g, beta=beta, initial_state=None, output_final_state=False,
+                                use_qk_l2norm_in_kernel=False, cu_seqlens=ctx.cu_seqlens,
                                 cu_seqlens_cpu=ctx.cu_seqlens_cpu, chunk_indices=ctx.chunk_indices)
         else:
             out = torch.cat([

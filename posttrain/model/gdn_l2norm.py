@@ -1,0 +1,76 @@
+"""The GDN layers' q/k L2 norm in torch, so that no kernel compiles once per sequence length.
+
+Why: fla 0.6's `chunk_gated_delta_rule(..., use_qk_l2norm_in_kernel=True)` normalises q and k with
+its Triton `l2norm_fwd_kernel` / `l2norm_bwd_kernel`, whose autotune key and `tl.constexpr`
+arguments include NB = cdiv(rows, 65536) (rows = batch x length x heads, fla/modules/norm/l2norm.py).
+Every new NB compiles and benchmarks all 25 configs again: ~10 s each on an H200, forward and
+backward. A fixed-shape SFT step meets one NB; a GRPO step meets dozens, because its micro-batches
+are cut to their own longest completion (posttrain/stages/rl_trim.py) and real completion lengths
+are long-tailed. On the H200 on 2026-12-01 the 1.36B RL benchmark (log-normal lengths, cap 16K)
+sat for 6-9 minutes in its first old-logprob pass at 0% GPU and ~100% of one CPU core; vLLM's copy
+of the same kernel autotuned 16 times (NB = 4..65, 9-12 s each) in the same log.
+
+The norm is a few memory-bound elementwise passes over q and k, under 1% of a GDN layer's time,
+so torch does it here with fla's math: y = x * rsqrt(sum(x^2) + eps) in fp32, rounded once to
+x's dtype; the backward keeps only y and the fp32 rstd, as fla's does, and computes
+dx = rstd * (dy - sum(dy * y) * y). The chunk kernel is then called with the flag off.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+EPS = 1e-6  # fla's l2norm_fwd default, and transformers' torch reference's
+
+
+class _L2Norm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
+        rstd = torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)
+        y = (xf * rstd).to(x.dtype)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        y, rstd = ctx.saved_tensors
+        yf, dyf = y.to(rstd.dtype), dy.to(rstd.dtype)
+        dx = rstd * (dyf - (dyf * yf).sum(-1, keepdim=True) * yf)
+        return dx.to(dy.dtype), None
+
+
+def l2norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """x / sqrt(sum(x^2) + eps) over the last dim, computed in fp32, in x's dtype.
+
+    >>> l2norm(torch.tensor([[3.0, 4.0]]), eps=0.0).tolist()
+    [[0.6000000238418579, 0.800000011920929]]
+    """
+    return _L2Norm.apply(x, eps)
+
+
+def with_torch_l2norm(chunk_rule):
+    """`chunk_rule` (fla's chunk_gated_delta_rule, or transformers' wrapper of it) with q/k normalised
+    here when the caller asks for the in-kernel norm, and the kernel's own norm switched off."""
+    if getattr(chunk_rule, "torch_l2norm", False):
+        return chunk_rule
+
+    @functools.wraps(chunk_rule)
+    def rule(q, k, v, *args, use_qk_l2norm_in_kernel: bool = False, **kwargs):
+        if use_qk_l2norm_in_kernel:
+            q, k = l2norm(q), l2norm(k)
+        return chunk_rule(q, k, v, *args, use_qk_l2norm_in_kernel=False, **kwargs)
+    rule.torch_l2norm = True
+    return rule
+
+
+def install() -> None:
+    """Route the stock OlmoHybrid GDN forward (unpacked batches: GRPO's micro-batches, DPO's
+    unpacked path, evaluation) through `with_torch_l2norm`. The forward calls the module-level
+    `torch_chunk_gated_delta_rule` by name, so this replaces that name, once, for every OlmoHybrid
+    model in the process; idempotent. Only where fla runs it (CUDA): the torch reference on CPU
+    normalises in torch already."""
+    from transformers.models.olmo_hybrid import modeling_olmo_hybrid as olmo
+    olmo.torch_chunk_gated_delta_rule = with_torch_l2norm(olmo.torch_chunk_gated_delta_rule)
