@@ -77,3 +77,25 @@ def test_stock_model_gives_the_same_logits_and_grads_through_the_installed_rule(
     torch.testing.assert_close(got, base, rtol=1e-5, atol=1e-6)
     for a, b in zip(got_g, base_g):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_one_compile_serves_every_length():
+    """What CUDA runs (_compiled: torch.compile with symbolic shapes) traced at many widths and batch
+    sizes, non-contiguous as the GDN's q/k views are: no recompile per length. Dynamo specialises a
+    size of 1, so a batch of one row (every packed batch) is a graph of its own: two at most."""
+    from torch._dynamo.testing import CompileCounter
+
+    from posttrain.model.gdn_l2norm import _backward, _forward
+    torch._dynamo.reset()
+    fwd_count, bwd_count = CompileCounter(), CompileCounter()
+    fwd = torch.compile(_forward, backend=fwd_count, dynamic=True)
+    bwd = torch.compile(_backward, backend=bwd_count, dynamic=True)
+    for b, t in ((2, 37), (3, 300), (1, 1100), (4, 65), (1, 9), (5, 2000)):
+        mixed = torch.randn(b, t, 3 * 4 * 16).to(torch.bfloat16)
+        q = mixed[..., : 4 * 16].view(b, t, 4, 16)  # a view into the conv output, as in the model
+        y, rstd = fwd(q, 1e-6)
+        ref_y, ref_rstd = _forward(q, 1e-6)
+        assert torch.equal(y, ref_y) and torch.equal(rstd, ref_rstd)
+        dy = torch.randn_like(q)
+        torch.testing.assert_close(bwd(dy, y, rstd), _backward(dy, y, rstd), rtol=0, atol=0)
+    assert (fwd_count.frame_count, bwd_count.frame_count) == (2, 2)

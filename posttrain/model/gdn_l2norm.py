@@ -10,10 +10,11 @@ are long-tailed. On the H200 on 2026-12-01 the 1.36B RL benchmark (log-normal le
 sat for 6-9 minutes in its first old-logprob pass at 0% GPU and ~100% of one CPU core; vLLM's copy
 of the same kernel autotuned 16 times (NB = 4..65, 9-12 s each) in the same log.
 
-The norm is a few memory-bound elementwise passes over q and k, under 1% of a GDN layer's time,
-so torch does it here with fla's math: y = x * rsqrt(sum(x^2) + eps) in fp32, rounded once to
+Here torch does the norm with fla's math: y = x * rsqrt(sum(x^2) + eps) in fp32, rounded once to
 x's dtype; the backward keeps only y and the fp32 rstd, as fla's does, and computes
-dx = rstd * (dy - sum(dy * y) * y). The chunk kernel is then called with the flag off.
+dx = rstd * (dy - sum(dy * y) * y). On CUDA both directions go through torch.compile with symbolic
+shapes (one fused kernel each, compiled once for all lengths); on CPU they run eagerly. The chunk
+kernel is then called with its own norm off.
 """
 
 from __future__ import annotations
@@ -25,21 +26,36 @@ import torch
 EPS = 1e-6  # fla's l2norm_fwd default, and transformers' torch reference's
 
 
+def _forward(x: torch.Tensor, eps: float):
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
+    rstd = torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)
+    return (xf * rstd).to(x.dtype), rstd
+
+
+def _backward(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    yf, dyf = y.to(rstd.dtype), dy.to(rstd.dtype)
+    return (rstd * (dyf - (dyf * yf).sum(-1, keepdim=True) * yf)).to(dy.dtype)
+
+
+@functools.cache
+def _compiled():
+    """Eager, the norm is ~10 elementwise passes over q and k: ~3% of a 7B SFT step by a bandwidth
+    estimate. Compiled once with symbolic shapes, each direction is one fused kernel for every length:
+    one inductor compile per process (cached on disk with the other kernels), not one per length."""
+    return torch.compile(_forward, dynamic=True), torch.compile(_backward, dynamic=True)
+
+
 class _L2Norm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
-        rstd = torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)
-        y = (xf * rstd).to(x.dtype)
+        y, rstd = (_compiled()[0] if x.is_cuda else _forward)(x, eps)
         ctx.save_for_backward(y, rstd)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         y, rstd = ctx.saved_tensors
-        yf, dyf = y.to(rstd.dtype), dy.to(rstd.dtype)
-        dx = rstd * (dyf - (dyf * yf).sum(-1, keepdim=True) * yf)
-        return dx.to(dy.dtype), None
+        return (_compiled()[1] if dy.is_cuda else _backward)(dy, y, rstd), None
 
 
 def l2norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
