@@ -7,8 +7,10 @@ Every new NB compiles and benchmarks all 25 configs again: ~10 s each on an H200
 backward. A fixed-shape SFT step meets one NB; a GRPO step meets dozens, because its micro-batches
 are cut to their own longest completion (posttrain/stages/rl_trim.py) and real completion lengths
 are long-tailed. On the H200 on 2026-12-01 the 1.36B RL benchmark (log-normal lengths, cap 16K)
-sat for 6-9 minutes in its first old-logprob pass at 0% GPU and ~100% of one CPU core; vLLM's copy
-of the same kernel autotuned 16 times (NB = 4..65, 9-12 s each) in the same log.
+sat for 6-9 minutes in its first old-logprob pass at 0% GPU and ~100% of one CPU core: its log shows
+the trainer's l2norm_fwd_kernel autotuning once per chunk, NB = 65, 30, 24, 20, ... 4 (the chunks
+go longest first), 9-12 s each, 16 times before the run was cut. (vLLM's own copy of the kernel
+keys its autotune on D only.)
 
 Here torch does the norm with fla's math: y = x * rsqrt(sum(x^2) + eps) in fp32, rounded once to
 x's dtype; the backward keeps only y and the fp32 rstd, as fla's does, and computes
