@@ -111,7 +111,12 @@ NOT_WEIGHTS = ("eval", "logging_steps", "save_steps", "eval_pairs", "reward_cras
 def weight_settings(stage: StageBase) -> dict:
     """A stage's settings that decide its weights (all but NOT_WEIGHTS)."""
     d = OmegaConf.to_container(OmegaConf.structured(stage), resolve=True)
-    return {k: v for k, v in d.items() if k not in NOT_WEIGHTS}
+    return {k: v for k, v in d.items() if k not in NOT_WEIGHTS and not (k in ADDED_OFF and v == ADDED_OFF[k])}
+
+
+# Fields added after runs existed, at the value that means "as before": left out of the stage key
+# there, so stages finished before the field existed are still recognised as done.
+ADDED_OFF = {"sft_weight": 0.0}
 
 
 @dataclass
@@ -127,6 +132,11 @@ class SFTStage(StageBase):
 class DPOStage(StageBase):
     loss_type: str = "dpo_norm"
     """dpo_norm (length-normalized; TRL sigmoid_norm) | dpo (sigmoid)."""
+    sft_weight: float = 0.0
+    """Weight of a negative log-likelihood term on the chosen completions (mean per token), added to
+    the preference loss: TRL's `loss_type` "sft" (RPO). DPO alone tends to push the chosen answers'
+    likelihood down with the rejected ones; on math, Pang et al. 2024 ("Iterative Reasoning Preference
+    Optimization", arXiv 2404.19733) needed the NLL term for accuracy to rise. 0 = plain DPO."""
     beta: float = 5.0
     batch_pairs: int = 128
     """Preference pairs per optimizer step (global)."""

@@ -36,8 +36,9 @@ def test_dpo_norm_by_hand_on_two_pairs():
     assert plain.tolist() == pytest.approx([math.log(1 + math.exp(-10)), math.log(1 + math.exp(5))], abs=1e-6)
 
 
-def make_trainer(tmp_path, model, tok, cache=None, loss="sigmoid_norm"):
-    args = DPOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=3, loss_type=[loss], beta=5.0,
+def make_trainer(tmp_path, model, tok, cache=None, loss="sigmoid_norm", sft_weight=0.0):
+    extra = {"loss_type": [loss, "sft"], "loss_weights": [1.0, sft_weight]} if sft_weight else {"loss_type": [loss]}
+    args = DPOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=3, **extra, beta=5.0,
                      max_length=64, precompute_ref_log_probs=True, report_to=[], use_cpu=True, bf16=False,
                      gradient_checkpointing=False, dataset_num_proc=None, learning_rate=1e-3)
     return CachedRefDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tok,
@@ -125,17 +126,20 @@ def test_bad_pairs_are_counted_and_dropped_or_truncated(tiny):
     assert len(kept) == 4 and counts["overlong_truncated"] == 1
 
 
-def test_packed_pairs_match_padded_pairs(tmp_path):
-    """Reference logprobs, loss and every gradient: packed pairs equal TRL's padded pairs."""
+@pytest.mark.parametrize("sft_weight", [0.0, 2.0])
+def test_packed_pairs_match_padded_pairs(tmp_path, sft_weight):
+    """Reference logprobs, loss and every gradient: packed pairs equal TRL's padded pairs, with and
+    without the NLL term on the chosen answers (TRL's "sft" loss; posttrain's own on packed rows)."""
     from posttrain.model.packing import enable_exact_packing
     tok = build_tiny_tokenizer("olmo-think")
     padded_model, packed_model = build_tiny_model(tok, seed=1), build_tiny_model(tok, seed=1)
     enable_exact_packing(packed_model)
-    padded = make_trainer(tmp_path / "a", padded_model, tok)
+    padded = make_trainer(tmp_path / "a", padded_model, tok, sft_weight=sft_weight)
     args = padded.args
     packed = CachedRefDPOTrainer(model=packed_model, args=args, train_dataset=Dataset.from_list(PAIRS),
                                  processing_class=tok, ref_cache={}, packed=True, loss_type="dpo_norm",
-                                 pairs_per_row=len(PAIRS))  # sum / 3 pairs = the padded batch's mean
+                                 pairs_per_row=len(PAIRS),  # sum / 3 pairs = the padded batch's mean
+                                 sft_weight=sft_weight)
     for k in ("ref_chosen_logps", "ref_rejected_logps"):
         assert torch.tensor(packed.train_dataset[k]) == pytest.approx(torch.tensor(padded.train_dataset[k]), abs=1e-4)
     with torch.no_grad():  # same perturbation of both policies away from their reference
@@ -189,3 +193,12 @@ def test_policy_rejections_replace_only_wrong_samples(monkeypatch):
     out, replaced = policy_rejections(None, tok, rows, max_new_tokens=8, seed=0)
     assert replaced == 1
     assert [r["rejected"][0]["content"] for r in out] == ["given", samples[1], "given"]
+
+
+def test_sft_weight_off_keeps_stage_keys_and_is_checked():
+    from posttrain.recipe import RecipeError, load_recipe, weight_settings
+    base, on = load_recipe("tiny", ["stages.dpo.sft_weight=0.0"]), load_recipe("tiny", ["stages.dpo.sft_weight=1.5"])
+    assert "sft_weight" not in weight_settings(base.stages["dpo"])  # runs finished before the field: same key
+    assert weight_settings(on.stages["dpo"])["sft_weight"] == 1.5
+    with pytest.raises(RecipeError, match="sft_weight"):
+        load_recipe("tiny", ["stages.dpo.sft_weight=-1"])

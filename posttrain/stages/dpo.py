@@ -148,9 +148,10 @@ class CachedRefDPOTrainer(DPOTrainer):
     optionally on packed pairs (exact document boundaries for GDN, conv and attention)."""
 
     def __init__(self, *a, ref_cache: dict[str, Path | Callable[[str], Path]], packed: bool = False, loss_type: str = "dpo_norm",
-                 pairs_per_row: float = 1.0, **kw):
+                 pairs_per_row: float = 1.0, sft_weight: float = 0.0, **kw):
         self._ref_cache = ref_cache  # dataset name ("train"/"eval") -> cache file, or weights hash -> cache file
         self._packed, self._loss_type, self._pairs_per_row = packed, loss_type, pairs_per_row
+        self._sft_weight = sft_weight  # packed path; the unpacked one gets TRL's "sft" loss term
         self._tokens_seen = 0  # real (unpadded) tokens trained on, all processes: logged as num_tokens
         if packed:  # before super(): the reference precompute in __init__ already uses it
             kw["data_collator"] = PackedPairCollator(kw["args"].max_length, kw["processing_class"].pad_token_id,
@@ -225,6 +226,8 @@ class CachedRefDPOTrainer(DPOTrainer):
         # Rows hold different numbers of pairs: summing and dividing by the run's mean count weighs every
         # pair the same across micro-batches, where a per-row mean would favour pairs in sparse rows.
         loss = out["loss"].sum() / self._pairs_per_row if model.training else out["loss"].mean()
+        if self._sft_weight:  # TRL's "sft" term: mean NLL over the micro-batch's chosen tokens
+            loss = loss + self._sft_weight * -(pc.sum() / lc.sum().clamp(min=1))
         return (loss, {}) if return_outputs else loss
 
     def log(self, logs: dict, *a, **kw) -> None:
@@ -347,7 +350,8 @@ def run(ctx: StageContext) -> dict:
     warn_geometry(ctx, geo)
     grad_accum = geo.grad_accum
     args = DPOConfig(**training_args(st, ctx.trainer_dir, grad_accum, micro),
-                     loss_type=[TRL_LOSS[st.loss_type]], beta=st.beta, max_length=st.max_length,
+                     loss_type=[TRL_LOSS[st.loss_type]] + (["sft"] if st.sft_weight else []),
+                     loss_weights=[1.0, st.sft_weight] if st.sft_weight else None, beta=st.beta, max_length=st.max_length,
                      truncation_mode="keep_start", precompute_ref_log_probs=True, dataset_num_proc=None)
     if st.packing:
         from posttrain.model.packing import enable_exact_packing
@@ -360,15 +364,16 @@ def run(ctx: StageContext) -> dict:
         model=model, args=args, train_dataset=Dataset.from_list([tokenize_pair(tok, r) for r in train_rows]),
         eval_dataset=Dataset.from_list([tokenize_pair(tok, r) for r in eval_pairs]) if eval_pairs else None,
         processing_class=tok,
-        ref_cache=cache, packed=st.packing, loss_type=st.loss_type, pairs_per_row=pairs_per_row, callbacks=[tput])
+        ref_cache=cache, packed=st.packing, loss_type=st.loss_type, pairs_per_row=pairs_per_row,
+        sft_weight=st.sft_weight, callbacks=[tput])
     summary = {}
     if eval_pairs:
         before = trainer.evaluate()
         summary["pref_accuracy_before"] = before.get("eval_rewards/accuracies")
         summary["margin_before"] = before.get("eval_rewards/margins")
-    log.info("%s: %d pairs, ~%.0f pairs/step (%.2f a micro-batch x accum %d x world %d), %s beta %g, lr %g", ctx.name,
+    log.info("%s: %d pairs, ~%.0f pairs/step (%.2f a micro-batch x accum %d x world %d), %s beta %g, sft_weight %g, lr %g", ctx.name,
              len(train_rows), pairs_per_row * grad_accum * world_size(), pairs_per_row, grad_accum, world_size(),
-             st.loss_type, st.beta, st.learning_rate)
+             st.loss_type, st.beta, st.sft_weight, st.learning_rate)
     # train
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     summary.update(train_loss=trainer.state.log_history[-1].get("train_loss"), steps=trainer.state.global_step)
