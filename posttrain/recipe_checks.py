@@ -96,8 +96,6 @@ def check_recipe(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.overlong: must be truncate or drop, got {st.overlong!r}")
         if isinstance(st, DPOStage) and st.loss_type not in ("dpo_norm", "dpo"):
             raise RecipeError(f"{where}.loss_type: must be dpo_norm or dpo, got {st.loss_type!r}")
-        if isinstance(st, DPOStage) and not st.sft_weight >= 0:
-            raise RecipeError(f"{where}.sft_weight: must be >= 0, got {st.sft_weight!r}")
         if not (0 <= st.adam_beta1 < 1 and 0 <= st.adam_beta2 < 1):
             raise RecipeError(f"{where}.adam_beta1/adam_beta2: must be in [0, 1), got {st.adam_beta1}, {st.adam_beta2}")
         if isinstance(st, GRPOStage) and (st.mini_batches < 1 or st.prompts_per_step % st.mini_batches):

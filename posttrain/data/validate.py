@@ -65,7 +65,7 @@ FIELD_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "local_eval_every": _rule(0), "local_eval_examples": POSITIVE_INT,  # 0 = no local evals
     "logging_steps": POSITIVE_INT, "save_steps": POSITIVE_INT,
     "batch_tokens": POSITIVE_INT,
-    "DPOStage.beta": _rule(0, lo_open=True),
+    "DPOStage.beta": _rule(0, lo_open=True), "sft_weight": _rule(0),
     "batch_pairs": POSITIVE_INT, "rejected_max_new_tokens": POSITIVE_INT,
     "rollouts_per_prompt": _rule(2),  # a group of one has no advantage (TRL needs num_generations >= 2)
     "prompts_per_step": POSITIVE_INT,
