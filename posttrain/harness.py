@@ -50,11 +50,22 @@ def task_stats(per_doc: dict[int, list[float]], seed_docs: list[list[float]]) ->
     """per_doc: question -> all its completion scores (seeds x samples); seed_docs: per seed, question means."""
     means = [sum(v) / len(v) for v in per_doc.values() if v]
     n = len(means)
-    score = sum(means) / n if n else float("nan")
-    se = math.sqrt(sum((m - score) ** 2 for m in means) / (n - 1) / n) if n > 1 else float("nan")
+    # None, not NaN, where undefined (no question / one question): NaN is not JSON (RFC 8259)
+    score = sum(means) / n if n else None
+    se = math.sqrt(sum((m - score) ** 2 for m in means) / (n - 1) / n) if n > 1 else None
     seeds = [round(sum(d) / len(d), 3) for d in seed_docs if d]
     return {"score": score, "stderr": se, "n": n, "completions": sum(len(v) for v in per_doc.values()),
             "seed_scores": seeds}
+
+
+def score_pm(r: dict) -> str:
+    """'0.500 ± 0.289'; '-' for an undefined score or SE (no question, or one).
+
+    >>> score_pm({"score": 0.5, "stderr": None}), score_pm({"score": None, "stderr": None})
+    ('0.500 ± -', '- ± -')
+    """
+    f = lambda x: "-" if x is None else f"{x:.3f}"
+    return f"{f(r['score'])} ± {f(r['stderr'])}"
 
 
 # ---- judge endpoint ------------------------------------------------------------------------------
@@ -389,8 +400,7 @@ def format_summary(summary: dict) -> str:
         cur, base = summary["results"].get(label, {}), summary["results"].get(prev, {}) if prev else {}
         for task, r in cur.items():
             b = base.get(task)
-            rows.append([label, task, f"{r['score']:.3f} ± {r['stderr']:.3f}",
-                         f"{b['score']:.3f} ± {b['stderr']:.3f} ({prev})" if b else "", r["n"],
+            rows.append([label, task, score_pm(r), f"{score_pm(b)} ({prev})" if b else "", r["n"],
                          f"{r['completions']}", f"{r['answered']:.2f}"])
     head = ["model", "task", "score ± SE", "before", "questions", "completions", "answered"]
     w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -410,8 +420,7 @@ def suite_html(run_dir: Path) -> str:
             for task, r in cur.items():
                 b = base.get(task)
                 rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-                    label, task, f"{r['score']:.3f} ± {r['stderr']:.3f}",
-                    f"{b['score']:.3f} ± {b['stderr']:.3f}" if b else "", prev or "", r["n"], r["completions"],
+                    label, task, score_pm(r), score_pm(b) if b else "", prev or "", r["n"], r["completions"],
                     f"{r['answered']:.2f}")) + "</tr>")
         head = "".join(f"<th>{h}</th>" for h in ("model", "task", "score ± SE", "before", "before is", "questions",
                                                  "completions", "answered"))

@@ -249,6 +249,9 @@ def test_think_suite_end_to_end_through_lm_eval(tmp_path, data_dir):
     assert set(res["tasks"]) == set(suites.load_suite("think").tasks)
     aime = res["tasks"]["aime24"]
     assert aime["n"] == 1 and aime["completions"] == 4 and len(aime["seed_scores"]) == 2  # 2 seeds x 2 samples
+    assert aime["stderr"] is None and " ± -" in harness.format_summary(summary)  # one question: no SE
+    for f in (d / "evals" / "think").glob("*.json"):  # strict JSON: NaN/Infinity would not parse elsewhere
+        json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name}: {c} in JSON"))
     assert res["tasks"]["math500"]["n"] == 2 and res["tasks"]["math500"]["stderr"] == 0.0
     assert summary["results"]["m"]["ifeval"]["n"] == 2
     assert all(t["examples"][0]["completion"].startswith("<think>") for t in res["tasks"].values())

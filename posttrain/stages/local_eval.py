@@ -57,8 +57,9 @@ class LocalEvalCallback(TrainerCallback):
         res = evaluate_suite(t, self.suite, "hf", lm=lm)
         out = {}
         for name, r in res["tasks"].items():
-            out[f"local_eval/{name}"] = float(r["score"])
-            out[f"local_eval/{name}_stderr"] = float(r["stderr"])
+            for k, suffix in (("score", ""), ("stderr", "_stderr")):
+                if r[k] is not None:  # None: no question scored, or one (no SE)
+                    out[f"local_eval/{name}{suffix}"] = float(r[k])
         return out
 
 
