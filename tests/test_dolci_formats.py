@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.data.mix import MixError, format_from_columns, resolve_mix
+from posttrain.data.formats import format_from_columns
+from posttrain.data.mix import MixError, resolve_mix
 
 DOLCI = Path(__file__).resolve().parent / "fixtures" / "dolci"
 

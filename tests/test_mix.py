@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from posttrain.data.mix import MixError, canonicalize, resolve_mix
+from posttrain.data.formats import canonicalize
+from posttrain.data.mix import MixError, resolve_mix
 
 
 def mixfile(tmp_path, body, name="mix.yaml"):

@@ -7,7 +7,8 @@ from trl import GRPOConfig
 
 from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
 from posttrain.rollout.sampler import PromptQueue, nonzero_variance_groups
-from posttrain.stages.rl import ActiveGRPOTrainer, cat_batches, step_time_split, with_prefix
+from posttrain.stages.rl import ActiveGRPOTrainer, with_prefix
+from posttrain.stages.rl_batch import cat_batches, step_time_split
 
 G = 4
 

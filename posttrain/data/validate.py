@@ -6,7 +6,7 @@ Two kinds of rule live here:
 * field ranges: every numeric recipe field has a rule in `FIELD_RULES` (a test walks the
   recipe dataclasses and fails on a numeric field without one), so `max_length: 0` is a
   one-line error at load instead of a ZeroDivisionError after the model has loaded;
-* row rules per stage kind, run on the canonical rows a mix resolves to (posttrain/data/mix.py
+* row rules per stage kind, run on the canonical rows a mix resolves to (posttrain/data/formats.py
   decides formats): SFT rows end with a non-empty assistant turn (tool calls and `environment`
   turns may come before it); DPO rows have a prompt and a chosen and a rejected answer that end
   with the assistant and differ; RL rows have a prompt and, for every configured reward that needs
@@ -161,7 +161,7 @@ class WrongFormat(Exception):
 
 
 def row_format(row: dict) -> str:
-    """The canonical format of a resolved row (posttrain/data/mix.py)."""
+    """The canonical format of a resolved row (posttrain/data/formats.py)."""
     return "messages" if "messages" in row else "preference" if "chosen" in row else "prompt"
 
 

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
@@ -37,6 +36,7 @@ from posttrain.model.load import end_token_ids
 from posttrain.recipe import GRPOStage
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
 from posttrain.stages.registry import Geometry, accumulation
+from posttrain.stages.rl_batch import cat_batches, refill_size, rollout_gap, select_rows, step_time_split
 from posttrain.stages.rl_trim import REGROUP_SAFE, regroup_by_length, trimmed_logps
 from reward.health import check_crashes
 
@@ -46,12 +46,6 @@ log = logging.getLogger("posttrain")
 def queue_file(rank: int) -> str:
     """Each rank draws its own stride of prompts and records its own pass rates, so each saves its own state."""
     return "prompt_queue.json" if rank == 0 else f"prompt_queue.rank{rank}.json"
-
-
-# Tensors aligned with completion tokens are right-padded; prompt tensors left-padded.
-_RIGHT = ("completion_ids", "completion_mask", "old_per_token_logps", "sampling_per_token_logps",
-          "ref_per_token_logps", "importance_sampling_ratio", "tool_mask")
-_LEFT = ("prompt_ids", "prompt_mask")
 
 
 def with_prefix(fn, prefix: str):
@@ -67,69 +61,6 @@ def with_prefix(fn, prefix: str):
         return fn([add(c) for c in completions], **kw)
     wrapped.__name__ = getattr(fn, "__name__", "reward")
     return wrapped
-
-
-def cat_batches(parts: list[dict]) -> dict:
-    """Concatenate generation outputs along rows, padding sequence dims to the widest part."""
-    out = {}
-    for k in parts[0]:
-        vals = [p[k] for p in parts]
-        if not isinstance(vals[0], torch.Tensor) or vals[0].dim() == 0:
-            out[k] = vals[0]
-            continue
-        if vals[0].dim() >= 2 and k in _RIGHT + _LEFT:
-            w = max(v.shape[1] for v in vals)
-            vals = [F.pad(v, (w - v.shape[1], 0) if k in _LEFT else (0, w - v.shape[1])) for v in vals]
-        out[k] = torch.cat(vals, dim=0)
-    return out
-
-
-def step_time_split(rollout: float, sync: float, step: float, new_tokens: float = 0.0) -> dict[str, float]:
-    """Seconds per part of one optimizer step. `step` is training_step's wall time, which holds the
-    rollout rounds (TRL generates inside it); a rollout round holds the weight sync (done before
-    generating), and generation here includes scoring and the trainer's old-logprob forward.
-    `new_tokens`: completion tokens generated in the step over all processes (dropped groups too),
-    so the rollout rate is a lower bound on the engine's (it is charged the whole rollout phase).
-
-    >>> d = step_time_split(rollout=7.0, sync=1.0, step=10.0, new_tokens=600.0)
-    >>> d["time/generation_s"], d["time/train_s"], d["time/generation_frac"], d["rollout/new_tokens_per_s"]
-    (6.0, 3.0, 0.6, 100.0)
-    """
-    total, gen = max(step, rollout), rollout - sync
-    return {"time/generation_s": gen, "time/weight_sync_s": sync, "time/train_s": total - rollout,
-            "time/step_s": total, "time/generation_frac": gen / total if total else 0.0,
-            "rollout/new_tokens_per_s": new_tokens / gen if gen > 0 else 0.0}
-
-
-def rollout_gap(batch: dict) -> dict[str, float | None]:
-    """KL(rollout engine || trainer) over completion tokens, from the engine's sampled-token
-    logprobs and the trainer's: the k3 estimator E[r - 1 - log r], r = p_trainer / p_engine,
-    which is >= 0 per token and unbiased under the engine's samples. TRL logs the mean |delta|.
-
-    >>> lp = torch.log(torch.tensor([[0.5, 0.25]]))
-    >>> b = {"old_per_token_logps": lp, "sampling_per_token_logps": lp, "completion_mask": torch.ones(1, 2)}
-    >>> rollout_gap(b)["sampling/kl_k3"]
-    0.0
-    """
-    old, samp = batch.get("old_per_token_logps"), batch.get("sampling_per_token_logps")
-    if old is None or samp is None:
-        return {"sampling/kl_k3": None}
-    mask = batch["completion_mask"].bool() & ~torch.isnan(samp)
-    log_r = (old - samp)[mask].float()
-    kl = (log_r.exp() - 1 - log_r).mean().item() if log_r.numel() else 0.0
-    return {"sampling/kl_k3": kl}
-
-
-def refill_size(short: int, seen: int, kept: int, want: int) -> int:
-    """Prompts to draw for a refill round: enough to cover `short` missing groups at the signal
-    rate seen so far this step (kept / seen groups), never more than a full batch.
-
-    >>> refill_size(short=4, seen=16, kept=12, want=16)  # 75% carry signal: 4 / 0.75 -> 6
-    6
-    >>> refill_size(short=16, seen=16, kept=0, want=16)  # nothing carried signal yet: a full batch
-    16
-    """
-    return max(1, min(want, -(-short * seen // max(kept, 1)) if kept else want))
 
 
 def same_columns(rows: list[dict]) -> list[dict]:
@@ -150,10 +81,6 @@ def same_columns(rows: list[dict]) -> list[dict]:
     listy = {k for k in cols if any(isinstance(r.get(k), (list, tuple)) for r in rows)}
     return [{k: [r[k]] if k in listy and r.get(k) is not None and not isinstance(r[k], (list, tuple)) else r.get(k)
              for k in cols} for r in rows]
-
-
-def select_rows(batch: dict, idx: torch.Tensor) -> dict:
-    return {k: (v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
 
 
 class ActiveGRPOTrainer(GRPOTrainer):
