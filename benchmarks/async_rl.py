@@ -5,9 +5,12 @@ The RL stage's own trainer on grpo_step.py's random ~1.36B Olmo Hybrid, 64 promp
 128-token prompts, coin-flip rewards. A random model never stops early, so each completion's
 length is drawn instead and set as that request's `max_tokens` (with `ignore_eos`):
 - `lognormal:MEAN:CAP`: log-normal with sigma 1 and mu = ln(MEAN) - 1/2 (so its mean is MEAN
-  before the cap), capped at CAP; for 2048:16384 the mean after the cap is ~2,010 tokens, the
-  median ~1,240, and ~0.5% of completions hit 16K, so most steps hold one: the tail a
-  synchronous step waits for while the engine's batch thins out.
+  before the cap), capped at CAP. For 2048:8192 (the default here and in scripts/gpu_async_rl.sh)
+  the mean after the cap is ~1,890 tokens, the median ~1,240, and 2.8% of completions hit 8K, so
+  every step holds ~14: the tail a synchronous step waits for while the engine's batch thins out.
+  For 2048:16384: ~1,990, 0.4% at 16K, in 9 steps of 10; but there one 64 x 8 generation ran past
+  190 s on a warm H200 engine, too long for a device call (600 s) to hold the two timed steps a
+  row needs (the script's header).
 - `fixed:N`: every completion N tokens.
 Lengths depend only on (seed, prompt, completion), so every mode generates the same tokens.
 
@@ -24,8 +27,8 @@ trained per second of wall time between step ends, the trainer's time blocked on
 wall time, the rollout-vs-trainer logprob gap and KL (by staleness for async), staleness, weight
 sync time, peak memory of the trainer and the server.
 
-    python benchmarks/async_rl.py --mode sync --lengths lognormal:2048:16384 --steps 4
-    python benchmarks/async_rl.py --mode async --async-steps 2 --lengths lognormal:2048:16384 --steps 6
+    python benchmarks/async_rl.py --mode sync --lengths lognormal:2048:8192 --steps 4
+    python benchmarks/async_rl.py --mode async --async-steps 2 --lengths lognormal:2048:8192 --steps 6
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--mode", choices=["sync", "async"], required=True)
     ap.add_argument("--async-steps", type=int, default=1)
     ap.add_argument("--weight-sync-steps", type=int, default=1)
-    ap.add_argument("--lengths", default="lognormal:2048:16384")
+    ap.add_argument("--lengths", default="lognormal:2048:8192")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--rollouts", type=int, default=8)
