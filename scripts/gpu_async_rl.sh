@@ -7,7 +7,9 @@
 #   bash scripts/gpu_async_rl.sh ROW     ROW: warm sync_lognormal async1_lognormal async2_lognormal
 #                                             sync_fixed512 async1_fixed512 (one device call each)
 # A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
-# calls back to back): staging (~100 s), `warm` (~7-8 min cold), `sync_lognormal`, `async1_lognormal`.
+# calls back to back): staging (~100 s), `warm` (~7-8 min cold), `sync_lognormal`, `async2_lognormal`
+# (with async_steps 1 a step still waits for its own longest completion; 2 overlaps that tail with
+# the next step's bulk), then `async1_lognormal` in a later session.
 # `warm` first on a new machine: one short synchronous run (8 prompts x 4, 64 tokens, micro-batch 16
 # as in the rows) that compiles and autotunes what every row uses: fla's GDN chunk kernels forward and
 # backward for the trainer (their autotune keys hold the batch, heads and dims, not the length), the
@@ -39,10 +41,8 @@ printf 'try:\n    import posttrain.vllm_plugin as _p\n    _p.register()\nexcept 
 export PYTHONPATH=$site:/tmp/site:$PWD
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
-# Kernel caches (Triton, tilelang, inductor, vLLM's compile cache) in one folder. A cold first step
-# of this benchmark takes ~8 min (2026-12-01: fla's chunk kernels autotune for the trainer and again,
-# varlen, for vLLM; tilelang compiles the backward), longer than a row's budget, and a machine
-# forgets its disk: `SAVE_CACHE=1` tars the folder back through $OUT in 15 MiB parts
+# Kernel caches (Triton, tilelang, inductor, vLLM's compile cache) in one folder. A machine forgets
+# its disk when it goes back: `SAVE_CACHE=1` tars the folder back through $OUT in 15 MiB parts
 # (kcache.tgz.part-*); put them in the ignored folder kernel-cache/ and name it in `carry`, and the
 # next machine starts warm.
 kc=${KERNEL_CACHE:-/tmp/posttrain-kernels}
