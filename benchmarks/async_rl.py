@@ -25,7 +25,8 @@ Without a GPU both run a tiny model on the HF engine (a smoke test of the code p
 Reported (steady state: the first step and async's fill steps are dropped): completion tokens
 trained per second of wall time between step ends, the trainer's time blocked on rollouts over
 wall time, the rollout-vs-trainer logprob gap and KL (by staleness for async), staleness, weight
-sync time, peak memory of the trainer and the server.
+sync time, peak memory of the trainer and the server. Also the rate over every step from the trainer
+being ready (`completion_tokens_per_s_all_steps`), for rows too short for a steady state.
 
     python benchmarks/async_rl.py --mode sync --lengths lognormal:2048:8192 --steps 4
     python benchmarks/async_rl.py --mode async --async-steps 2 --lengths lognormal:2048:8192 --steps 6
@@ -268,6 +269,9 @@ def main(argv=None) -> dict:
     tokens = [r.get("completions/mean_length", 0) * a.prompts * a.rollouts for r in logs]
     wall = ends[-1] - ends[skip - 1] if skip else ends[-1] - t0
     rate = sum(tokens[skip:]) / wall if wall > 0 else None
+    # Every step from the trainer being ready: unbiased when a row holds few steps (an async row's fill
+    # steps are counted, and what is still in flight at the end is not: it understates async).
+    rate_all = sum(tokens) / (ends[-1] - t0) if ends else None
 
     def mean(k):
         vals = [r[k] for r in steady if r.get(k) is not None]
@@ -278,7 +282,8 @@ def main(argv=None) -> dict:
            "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
            "lengths": a.lengths, "params": sum(p.numel() for p in model.parameters()),
            "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),
-           "completion_tokens_per_s": rate, "wall_s_per_step": wall / max(len(steady), 1),
+           "completion_tokens_per_s": rate, "completion_tokens_per_s_all_steps": rate_all,
+           "wall_s_per_step": wall / max(len(steady), 1),
            "blocked_on_rollouts_frac": sum(x or 0 for x in blocked) / wall if wall > 0 else None,
            "logprob_gap_abs": mean("sampling/sampling_logp_difference/mean"), "kl_k3": mean("sampling/kl_k3"),
            "is_ratio_min": mean("sampling/importance_sampling_ratio/min"),
