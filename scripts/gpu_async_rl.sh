@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # GPU job for async RL (issue 21) on one H200: the RL stage's trainer on the random ~1.36B Olmo
-# Hybrid, 64 prompts x 8 rollouts, synchronous colocated vs async with `vllm serve` in its own
+# Hybrid, PROMPTS (64) prompts x 8 rollouts, synchronous colocated vs async with `vllm serve` in its own
 # process on the same GPU (CUDA-IPC weight transfer), on long-tailed per-request lengths
 # (log-normal, mean 2048, cap 8192) and on a fixed 512. benchmarks/async_rl.py says what is measured.
 #
 #   bash scripts/gpu_async_rl.sh ROW     ROW: warm sync_lognormal async1_lognormal async2_lognormal
 #                                             sync_fixed512 async1_fixed512 (one device call each)
 # A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
-# calls back to back): staging (~100 s), `warm` (~7-8 min cold), `sync_lognormal`, `async2_lognormal`
-# (with async_steps 1 a step still waits for its own longest completion; 2 overlaps that tail with
-# the next step's bulk), then `async1_lognormal` in a later session.
+# calls back to back): staging (~100 s), `warm` (410 s cold on an H100, 2026-12-07),
+# `PROMPTS=32 sync_lognormal`, `PROMPTS=32 async2_lognormal` (~540 s each). 32 prompts, not 64: a
+# 32 x 8 synchronous step at the 8K cap took 137 s on an H100 (81% generation), so a 64 x 8 sync row
+# cannot time two steps in one call. async2, not async1: with async_steps 1 a step still waits for its
+# own longest completion; 2 overlaps that tail with the next step's bulk.
 # `warm` first on a new machine: one short synchronous run (8 prompts x 4, 64 tokens, micro-batch 16
 # as in the rows) that compiles and autotunes what every row uses: fla's GDN chunk kernels forward and
 # backward for the trainer (their autotune keys hold the batch, heads and dims, not the length), the
