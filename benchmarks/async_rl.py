@@ -271,7 +271,7 @@ def main(argv=None) -> dict:
     rate = sum(tokens[skip:]) / wall if wall > 0 else None
     # Every step from the trainer being ready: unbiased when a row holds few steps (an async row's fill
     # steps are counted, and what is still in flight at the end is not: it understates async).
-    rate_all = sum(tokens) / (ends[-1] - t0) if ends else None
+    rate_all = sum(tokens) / (ends[-1] - t0)
 
     def mean(k):
         vals = [r[k] for r in steady if r.get(k) is not None]

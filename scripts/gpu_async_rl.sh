@@ -34,7 +34,8 @@
 # on PYTHONPATH registers it in every Python process vLLM starts.
 # Memory split: the server takes SERVER_MEM (0.4) of the GPU, the trainer the rest; sync colocated
 # vLLM takes VLLM_MEM (0.35). Each row stops itself before BUDGET_S (540 s from its start) and
-# reports its steady steps; STEPS / ASTEPS cap them, PROMPTS (64) sets the prompts a step (8 rollouts each).
+# reports its steady steps; STEPS / ASTEPS cap them, PROMPTS (64) sets the prompts a step (8 rollouts
+# each), MB (16) the micro-batch of every row, warm included (fla's autotune keys hold the batch).
 set -uo pipefail
 what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal sync_fixed512 async1_fixed512}
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
@@ -78,14 +79,15 @@ run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S o
   echo "$name rc=$rc"; grep -E '^\[async_rl\]|"(completion_tokens_per_s[a-z_]*|wall_s_per_step|blocked_on_rollouts_frac|kl_k3|logprob_gap_abs)"' "$out/async_rl_$name.full.log"
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tail -1
 }
+row() { run "$what" --prompts "${PROMPTS:-64}" "$@"; }  # a timed row: PROMPTS a step
 case $what in
   warm)  # compiles every kernel the rows use; its own figures are not a result
     RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem ${VLLM_MEM:-0.35} ;;
-  sync_lognormal)   run $what --prompts "${PROMPTS:-64}" --mode sync --lengths "$LN" --steps ${STEPS:-8} --vllm-mem ${VLLM_MEM:-0.35} ;;
-  async2_lognormal) run $what --prompts "${PROMPTS:-64}" --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
-  async1_lognormal) run $what --prompts "${PROMPTS:-64}" --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
-  sync_fixed512)    run $what --prompts "${PROMPTS:-64}" --mode sync --lengths fixed:512 --steps ${STEPS:-12} --vllm-mem ${VLLM_MEM:-0.35} ;;
-  async1_fixed512)  run $what --prompts "${PROMPTS:-64}" --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
+  sync_lognormal)   row --mode sync --lengths "$LN" --steps ${STEPS:-8} --vllm-mem ${VLLM_MEM:-0.35} ;;
+  async2_lognormal) row --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
+  async1_lognormal) row --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
+  sync_fixed512)    row --mode sync --lengths fixed:512 --steps ${STEPS:-12} --vllm-mem ${VLLM_MEM:-0.35} ;;
+  async1_fixed512)  row --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
   *) echo "unknown row $what"; exit 2 ;;
 esac
 save_cache
