@@ -76,6 +76,13 @@ class HFEngine:
         self._jobs: queue_mod.PriorityQueue = queue_mod.PriorityQueue()
         self._n = 0
         self._lock = threading.Lock()
+        # On CPU the engine and the trainer compute at once, and each thread's OpenMP team takes
+        # torch's whole pool: 2 x 2 threads on 2 cores spin against each other. Half the pool for
+        # the engine (torch's thread count is per thread once a thread has run an op, and this
+        # call sets the caller's first) took the tiny async RL stage from ~340 s to 263 s
+        # (2 cores, 2026-12-07); CUDA work does not use the pool.
+        self._pool = torch.get_num_threads()
+        self._threads = max(1, self._pool // 2) if next(self.model.parameters()).device.type == "cpu" else None
         self._thread = threading.Thread(target=self._work, name="hf-rollout-engine", daemon=True)
         self._thread.start()
 
@@ -106,9 +113,13 @@ class HFEngine:
         return futs
 
     def _work(self) -> None:
+        if self._threads:
+            torch.set_num_threads(self._threads)
         while True:
             _, _, jobs, futs = self._jobs.get()
             if jobs is None:  # close()
+                if self._threads:  # set_num_threads also sets the count threads started later take
+                    torch.set_num_threads(self._pool)
                 return
             for a in range(0, len(jobs), self.max_batch_groups):
                 batch = list(zip(jobs[a:a + self.max_batch_groups], futs[a:a + self.max_batch_groups]))
