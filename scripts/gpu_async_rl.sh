@@ -7,13 +7,13 @@
 #   bash scripts/gpu_async_rl.sh ROW     ROW: warm sync_lognormal async1_lognormal async2_lognormal
 #                                             sync_fixed512 async1_fixed512 (one device call each)
 # A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
-# calls back to back): staging (~100 s), `warm` (410 s cold on an H100, 2026-12-07),
+# calls back to back): staging (~100 s), `warm` (318 and 410 s cold on an H100 with the install, 2026-12-07),
 # `PROMPTS=32 sync_lognormal`, `PROMPTS=32 async2_lognormal` (~540 s each). 32 prompts, not 64: a
 # 32 x 8 synchronous step at the 8K cap took 137 s on an H100 (81% generation), so a 64 x 8 sync row
 # cannot time two steps in one call. async2, not async1: with async_steps 1 a step still waits for its
 # own longest completion; 2 overlaps that tail with the next step's bulk.
-# `warm` first on a new machine: one short synchronous run (8 prompts x 4, 64 tokens, micro-batch 16
-# as in the rows) that compiles and autotunes what every row uses: fla's GDN chunk kernels forward and
+# `warm` first on a new machine: one short synchronous run (8 prompts x 4, 64 tokens, the rows'
+# micro-batch) that compiles and autotunes what every row uses: fla's GDN chunk kernels forward and
 # backward for the trainer (their autotune keys hold the batch, heads and dims, not the length), the
 # same kernels' varlen versions inside vLLM, tilelang's backward, vLLM's torch.compile and CUDA graphs.
 # Measured 2026-12-01 on a cold H200: the trainer was still in its first backward 7.6 min into the
@@ -33,9 +33,14 @@
 # fix) must load there too: posttrain is not pip-installed on the GPU machine, so a sitecustomize
 # on PYTHONPATH registers it in every Python process vLLM starts.
 # Memory split: the server takes SERVER_MEM (0.4) of the GPU, the trainer the rest; sync colocated
-# vLLM takes VLLM_MEM (0.35). Each row stops itself before BUDGET_S (540 s from its start) and
-# reports its steady steps; STEPS / ASTEPS cap them, PROMPTS (64) sets the prompts a step (8 rollouts
-# each), MB (16) the micro-batch of every row, warm included (fla's autotune keys hold the batch).
+# vLLM takes VLLM_MEM (0.35) and sleeps while the trainer has the whole GPU. Each row stops itself
+# before BUDGET_S (540 s from its start) and reports its steady steps; STEPS / ASTEPS cap them,
+# PROMPTS (64) sets the prompts a step (8 rollouts each), MB the micro-batch of every row, warm
+# included (fla's autotune keys hold the batch): 16 on a GPU of 100 GiB or more, 4 below.
+# Why 4 on an 80 GB H100 (2026-12-07): async2 at micro-batch 16 ran out of memory in step 1's
+# backward; the server held 38.4 GB (0.4 of the card plus its context and graphs), the trainer
+# 39.3 GB (32.0 allocated, 6.6 reserved and free), where the synchronous trainer peaked at 65.7 GB
+# with the card to itself. One GPU shared by a server and a trainer is async's own cost.
 set -uo pipefail
 what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal sync_fixed512 async1_fixed512}
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
@@ -68,11 +73,14 @@ import vllm.entrypoints.openai.api_server, vllm.entrypoints.serve.instrumentator
 from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine" \
   || { echo "missing packages (see the header)"; exit 1; }
 LN=${LENGTHS:-lognormal:2048:8192}
+mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)  # MiB
+MB=${MB:-$([ "${mib:-0}" -ge 102400 ] && echo 16 || echo 4)}
+echo "micro-batch $MB (GPU ${mib} MiB)"
 run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S or 540)
   local name=$1; shift
   local budget=${RB:-${BUDGET_S:-540}}
   # --time-budget ends the run with a JSON before the call's limit (the timeout kills it without one)
-  timeout $((budget + 45)) python3 benchmarks/async_rl.py "$@" --micro-batch "${MB:-16}" --time-budget "$budget" --out "$out/async_rl_$name.json" \
+  timeout $((budget + 45)) python3 benchmarks/async_rl.py "$@" --micro-batch "$MB" --time-budget "$budget" --out "$out/async_rl_$name.json" \
       > "$out/async_rl_$name.full.log" 2>&1
   local rc=$?
   [ "${SAVE_CACHE:-0}" = 1 ] || tail -n 80 "$out/async_rl_$name.full.log" > "$out/async_rl_$name.log"  # $OUT returns 8 files at most
