@@ -32,15 +32,20 @@
 # ray send mode). The server runs in its own process, so posttrain's vLLM plugin (GDN conv loader
 # fix) must load there too: posttrain is not pip-installed on the GPU machine, so a sitecustomize
 # on PYTHONPATH registers it in every Python process vLLM starts.
-# Memory split: the server takes SERVER_MEM (0.4) of the GPU, the trainer the rest; sync colocated
-# vLLM takes VLLM_MEM (0.35) and sleeps while the trainer has the whole GPU. Each row stops itself
-# before BUDGET_S (540 s from its start) and reports its steady steps; STEPS / ASTEPS cap them,
-# PROMPTS (64) sets the prompts a step (8 rollouts each), MB the micro-batch of every row, warm
-# included (fla's autotune keys hold the batch): 16 on a GPU of 100 GiB or more, 4 below.
-# Why 4 on an 80 GB H100 (2026-12-07): async2 at micro-batch 16 ran out of memory in step 1's
+# Memory split: the server takes SERVER_MEM of the GPU (0.4 on 100 GiB or more, 0.3 below), the
+# trainer the rest; sync colocated vLLM takes VLLM_MEM (0.35) and sleeps while the trainer has the
+# whole GPU. Each row stops itself before BUDGET_S (540 s from its start) and reports its steady
+# steps; STEPS / ASTEPS cap them, PROMPTS (64) sets the prompts a step (8 rollouts each). Micro-batch:
+# each mode at the largest that fits, since that is what a user would run: 16 for sync and warm, 16
+# for async on 100 GiB or more, 4 below; MB sets all of them. (fla's autotune keys hold the batch,
+# but its kernels' binaries do not, so a micro-batch the warm row did not run re-benchmarks cached
+# binaries instead of compiling.)
+# Why not 16 for async on an 80 GB H100 (2026-12-07): async2 at 16 ran out of memory in step 1's
 # backward; the server held 38.4 GB (0.4 of the card plus its context and graphs), the trainer
 # 39.3 GB (32.0 allocated, 6.6 reserved and free), where the synchronous trainer peaked at 65.7 GB
-# with the card to itself. One GPU shared by a server and a trainer is async's own cost.
+# with the card to itself (~0.23 MB a token of activations over its static ~25-35 GB): at 4 and
+# a 0.3 server the trainer needs ~33 GB + fragmentation of the ~48 GB left. One GPU shared by a
+# server and a trainer is async's own cost.
 set -uo pipefail
 what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal sync_fixed512 async1_fixed512}
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
@@ -73,14 +78,17 @@ import vllm.entrypoints.openai.api_server, vllm.entrypoints.serve.instrumentator
 from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferEngine" \
   || { echo "missing packages (see the header)"; exit 1; }
 LN=${LENGTHS:-lognormal:2048:8192}
-mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)  # MiB
-MB=${MB:-$([ "${mib:-0}" -ge 102400 ] && echo 16 || echo 4)}
-echo "micro-batch $MB (GPU ${mib} MiB)"
+mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+big=$([ "${mib:-0}" -ge 102400 ] && echo 1 || echo 0)
+SYNC_MB=${MB:-16}
+ASYNC_MB=${MB:-$([ "$big" = 1 ] && echo 16 || echo 4)}
+SERVER_MEM=${SERVER_MEM:-$([ "$big" = 1 ] && echo 0.4 || echo 0.3)}
+echo "GPU ${mib} MiB: micro-batch sync $SYNC_MB, async $ASYNC_MB; server memory $SERVER_MEM"
 run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S or 540)
   local name=$1; shift
   local budget=${RB:-${BUDGET_S:-540}}
   # --time-budget ends the run with a JSON before the call's limit (the timeout kills it without one)
-  timeout $((budget + 45)) python3 benchmarks/async_rl.py "$@" --micro-batch "$MB" --time-budget "$budget" --out "$out/async_rl_$name.json" \
+  timeout $((budget + 45)) python3 benchmarks/async_rl.py "$@" --time-budget "$budget" --out "$out/async_rl_$name.json" \
       > "$out/async_rl_$name.full.log" 2>&1
   local rc=$?
   [ "${SAVE_CACHE:-0}" = 1 ] || tail -n 80 "$out/async_rl_$name.full.log" > "$out/async_rl_$name.log"  # $OUT returns 8 files at most
@@ -90,12 +98,12 @@ run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S o
 row() { run "$what" --prompts "${PROMPTS:-64}" "$@"; }  # a timed row: PROMPTS a step
 case $what in
   warm)  # compiles every kernel the rows use; its own figures are not a result
-    RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem ${VLLM_MEM:-0.35} ;;
-  sync_lognormal)   row --mode sync --lengths "$LN" --steps ${STEPS:-8} --vllm-mem ${VLLM_MEM:-0.35} ;;
-  async2_lognormal) row --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
-  async1_lognormal) row --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
-  sync_fixed512)    row --mode sync --lengths fixed:512 --steps ${STEPS:-12} --vllm-mem ${VLLM_MEM:-0.35} ;;
-  async1_fixed512)  row --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-12} --server-mem ${SERVER_MEM:-0.4} ;;
+    RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem ${VLLM_MEM:-0.35} --micro-batch $SYNC_MB ;;
+  sync_lognormal)   row --mode sync --lengths "$LN" --steps ${STEPS:-8} --vllm-mem ${VLLM_MEM:-0.35} --micro-batch $SYNC_MB ;;
+  async2_lognormal) row --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem $SERVER_MEM --micro-batch $ASYNC_MB ;;
+  async1_lognormal) row --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem $SERVER_MEM --micro-batch $ASYNC_MB ;;
+  sync_fixed512)    row --mode sync --lengths fixed:512 --steps ${STEPS:-12} --vllm-mem ${VLLM_MEM:-0.35} --micro-batch $SYNC_MB ;;
+  async1_fixed512)  row --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-12} --server-mem $SERVER_MEM --micro-batch $ASYNC_MB ;;
   *) echo "unknown row $what"; exit 2 ;;
 esac
 save_cache
