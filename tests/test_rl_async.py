@@ -192,6 +192,36 @@ def test_hf_engine_samples_are_a_function_of_the_job_not_of_the_trainer_thread()
     assert len({tuple(c) for c in comps}) > len(comps) // 2  # it samples: seeds give different completions
 
 
+def test_cpu_engine_takes_half_the_pool_and_leaves_the_trainers(monkeypatch):
+    """The engine thread runs on half of torch's CPU pool while the trainer keeps all of it, and
+    threads started after close get the whole pool back (set_num_threads also sets what new
+    threads take)."""
+    import threading
+
+    from posttrain.rollout.engines import HFEngine
+    from posttrain.rollout.producer import RolloutJob
+    tok = build_tiny_tokenizer("olmo-think")
+    model = build_tiny_model(tok, seed=0)
+    seen, later = [], []
+    gen = HFEngine._generate
+    monkeypatch.setattr(HFEngine, "_generate", lambda self, jobs: seen.append(torch.get_num_threads()) or gen(self, jobs))
+    pool = torch.get_num_threads()
+    torch.set_num_threads(2)  # what the suite's machines have; the halving must show at 2
+    try:
+        eng = HFEngine(model, tok.pad_token_id, [tok.eos_token_id], temperature=1.0, max_tokens=4)
+        eng.sync_weights(model, 0)
+        eng.submit([RolloutJob(0, [tok.bos_token_id or 1, 40, 41], 2, 0, seed=0)])[0].result(timeout=120)
+        trainer = torch.get_num_threads()
+        eng.close()
+        eng._thread.join(timeout=30)
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+    finally:
+        torch.set_num_threads(pool)
+    assert (seen, trainer, later) == ([1], 2, [2])
+
+
 def test_killed_async_stage_replays_no_prompt(tmp_path):
     from posttrain.pipeline import Pipeline
     from posttrain.rundir import read_done
