@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU job for async RL (issue 21) on one H200: the RL stage's trainer on the random ~1.36B Olmo
+# GPU job for async RL (issue 21) on one GPU (H200 or H100): the RL stage's trainer on the random ~1.36B Olmo
 # Hybrid, PROMPTS (64) prompts x 8 rollouts, synchronous colocated vs async with `vllm serve` in its own
 # process on the same GPU (CUDA-IPC weight transfer), on long-tailed per-request lengths
 # (log-normal, mean 2048, cap 8192) and on a fixed 512. benchmarks/async_rl.py says what is measured.
@@ -96,14 +96,16 @@ run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S o
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tail -1
 }
 row() { run "$what" --prompts "${PROMPTS:-64}" "$@"; }  # a timed row: PROMPTS a step
+sync_row() { row --mode sync --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" "$@"; }
+async_row() { row --mode async --server-mem "$SERVER_MEM" --micro-batch "$ASYNC_MB" "$@"; }
 case $what in
   warm)  # compiles every kernel the rows use; its own figures are not a result
-    RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem ${VLLM_MEM:-0.35} --micro-batch $SYNC_MB ;;
-  sync_lognormal)   row --mode sync --lengths "$LN" --steps ${STEPS:-8} --vllm-mem ${VLLM_MEM:-0.35} --micro-batch $SYNC_MB ;;
-  async2_lognormal) row --mode async --async-steps 2 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem $SERVER_MEM --micro-batch $ASYNC_MB ;;
-  async1_lognormal) row --mode async --async-steps 1 --lengths "$LN" --steps ${ASTEPS:-12} --server-mem $SERVER_MEM --micro-batch $ASYNC_MB ;;
-  sync_fixed512)    row --mode sync --lengths fixed:512 --steps ${STEPS:-12} --vllm-mem ${VLLM_MEM:-0.35} --micro-batch $SYNC_MB ;;
-  async1_fixed512)  row --mode async --async-steps 1 --lengths fixed:512 --steps ${ASTEPS:-12} --server-mem $SERVER_MEM --micro-batch $ASYNC_MB ;;
+    RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" ;;
+  sync_lognormal)   sync_row --lengths "$LN" --steps "${STEPS:-8}" ;;
+  async2_lognormal) async_row --async-steps 2 --lengths "$LN" --steps "${ASTEPS:-12}" ;;
+  async1_lognormal) async_row --async-steps 1 --lengths "$LN" --steps "${ASTEPS:-12}" ;;
+  sync_fixed512)    sync_row --lengths fixed:512 --steps "${STEPS:-12}" ;;
+  async1_fixed512)  async_row --async-steps 1 --lengths fixed:512 --steps "${ASTEPS:-12}" ;;
   *) echo "unknown row $what"; exit 2 ;;
 esac
 save_cache

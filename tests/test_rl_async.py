@@ -257,8 +257,8 @@ def test_async_grpo_raises_accuracy_over_the_dpo_model(tmp_path, monkeypatch):
     200 problems, as the synchronous stage does. 2026-12-01 (session 7, asset rebuilt with the
     recipe's DPO `sft_weight`), 2 CPU cores: DPO 0.575 -> synchronous GRPO 0.605 (`posttrain run tiny`)
     and async 0.585 (this test; 261 s since the engine thread takes half of torch's pool on CPU,
-    2026-12-07, ~340-360 s before, when it oversubscribed the cores; the asset before it: DPO 0.610 -> async 0.640), the same figure and bit-identical weights
-    run after run since the HF engine samples from per-completion generators (0.635 with the
+    2026-12-07, ~340-360 s before, when it oversubscribed the cores; the asset before it: DPO 0.610
+    -> async 0.640), the same figure and bit-identical weights run after run since the HF engine samples from per-completion generators (0.635 with the
     earlier affine job seeds; producer.job_seed). An asset built
     with one thread and the SFT eval off scored 0.145 instead: rebuild it the way the script does."""
     from posttrain.pipeline import Pipeline
