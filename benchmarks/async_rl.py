@@ -211,11 +211,13 @@ def main(argv=None) -> dict:
     class StepEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
-            # A device call has a hard limit: end while a JSON can still be written, once there are
-            # steady steps to report (the first and async's fill steps are not timed).
+            # A device call has a hard limit: end while a JSON can still be written. An async row
+            # runs past its fill steps first (they are short once the fill is in, so their time says
+            # nothing of the next); a synchronous step after the warm row is like the next one, so a
+            # short sync row may end after one.
             last = ends[-1] - (ends[-2] if len(ends) > 1 else t0)
             print(f"[async_rl] step {len(ends)} ended at {ends[-1] - started:.0f} s (this step {last:.0f} s)", flush=True)
-            if (a.time_budget and len(ends) >= 2 + (a.async_steps if is_async else 0)
+            if (a.time_budget and len(ends) >= (2 + a.async_steps if is_async else 1)
                     and ends[-1] - started + 1.2 * last > a.time_budget):
                 control.should_training_stop = True
 
