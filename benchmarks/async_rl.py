@@ -99,14 +99,16 @@ def padding_table(spec: str, prompts: int = 64, rollouts: int = 8, micro: int = 
     return {k: round(v / tot["real"], 2) for k, v in tot.items() if k != "real"}
 
 
-def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path) -> subprocess.Popen:
+def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path,
+                 policy: str = "fcfs") -> subprocess.Popen:
     """`vllm serve` with the dev RLHF routes, CUDA-IPC weight transfer and processed logprobs
-    (what `trl vllm-serve` sets, trl/scripts/vllm_serve.py), on this GPU."""
+    (what `trl vllm-serve` sets, trl/scripts/vllm_serve.py), on this GPU. `policy` "priority":
+    the engine sends each request's step as its priority (VLLMServerEngine)."""
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--port", str(port),
            "--gpu-memory-utilization", str(mem), "--max-model-len", str(max_len), "--dtype", "bfloat16",
            "--weight-transfer-config", '{"backend": "ipc"}', "--logprobs-mode", "processed_logprobs",
-           "--max-num-seqs", "1024"]
+           "--max-num-seqs", "1024", "--scheduling-policy", policy]
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     import requests
     t0 = time.time()
@@ -148,6 +150,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--micro-batch", type=int, default=16)
     ap.add_argument("--vllm-mem", type=float, default=0.35, help="colocated vLLM's share of the GPU (sync)")
     ap.add_argument("--server-mem", type=float, default=0.4, help="the server's share of the GPU (async)")
+    ap.add_argument("--scheduling-policy", choices=["fcfs", "priority"], default="fcfs",
+                    help="the async server's: priority serves each step's groups before later steps'")
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds from start: stop (and report) before a step that would end past it")
@@ -193,7 +197,8 @@ def main(argv=None) -> dict:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     server_log, metrics_file = Path(a.out).with_suffix(".server.log"), Path(a.out).with_suffix(".metrics.jsonl")
     if a.mode == "async" and gpu:
-        server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, server_log)
+        server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, server_log,
+                              a.scheduling_policy)
     st = GRPOStage(kind="grpo", mix="-", learning_rate=1e-6, lr_scheduler="constant", max_steps=a.steps, bf16=gpu,
                    micro_batch_size=a.micro_batch, rollouts_per_prompt=a.rollouts, prompts_per_step=a.prompts,
                    max_prompt_length=a.prompt_len + 64, max_completion_length=cap, mask_truncated_completions=False,
@@ -282,7 +287,8 @@ def main(argv=None) -> dict:
     gap = {k: mean(k) for k in sorted({k for r in steady for k in r if k.startswith("async/")})}
     out = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if gpu else "cpu",
            "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
-           "lengths": a.lengths, "params": sum(p.numel() for p in model.parameters()),
+           "scheduling_policy": a.scheduling_policy if is_async else None, "lengths": a.lengths,
+           "params": sum(p.numel() for p in model.parameters()),
            "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),
            "completion_tokens_per_s": rate, "completion_tokens_per_s_all_steps": rate_all,
            "wall_s_per_step": wall / max(len(steady), 1),

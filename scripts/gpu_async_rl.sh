@@ -40,6 +40,8 @@
 # for async on 100 GiB or more, 4 below; MB sets all of them. (fla's autotune keys hold the batch,
 # but its kernels' binaries do not, so a micro-batch the warm row did not run re-benchmarks cached
 # binaries instead of compiling.)
+# POLICY=priority: the server schedules by priority and each request carries the step its group is
+# for, so in the fill the first step's groups are not held back by later steps' (untried on a GPU).
 # Why not 16 for async on an 80 GB H100 (2026-12-07): async2 at 16 ran out of memory in step 1's
 # backward; the server held 38.4 GB (0.4 of the card plus its context and graphs), the trainer
 # 39.3 GB (32.0 allocated, 6.6 reserved and free), where the synchronous trainer peaked at 65.7 GB
@@ -97,7 +99,7 @@ run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S o
 }
 row() { run "$what" --prompts "${PROMPTS:-64}" "$@"; }  # a timed row: PROMPTS a step
 sync_row() { row --mode sync --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" "$@"; }
-async_row() { row --mode async --server-mem "$SERVER_MEM" --micro-batch "$ASYNC_MB" "$@"; }
+async_row() { row --mode async --server-mem "$SERVER_MEM" --micro-batch "$ASYNC_MB" --scheduling-policy "${POLICY:-fcfs}" "$@"; }
 case $what in
   warm)  # compiles every kernel the rows use; its own figures are not a result
     RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" ;;

@@ -67,9 +67,12 @@ def test_refills_jump_the_queue_at_the_current_version():
     for step in range(3):
         p.step_start(None, step)
         p.primary(2)
+    # each order is for the step that will train on it (a priority server serves it in that order)
+    assert [j.step for j in eng.jobs] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     ahead = p.in_flight()
     extra = p.refill(3)
     assert [gr.version for gr in extra] == [2] * 3 and eng.jobs[-1].urgent
+    assert [j.step for j in eng.jobs[-3:]] == [2] * 3  # a refill is for the step now training: first
     assert p.in_flight() == ahead  # the next steps' groups are still there, in order
 
 

@@ -146,3 +146,24 @@ def test_ipc_is_refused_with_several_training_processes():
             VLLMServerEngine(s.url, temperature=1.0, max_tokens=2, world_size=2)
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("policy, sent", [("priority", True), ("fcfs", False), (None, False)])
+def test_priority_scheduling_server_gets_each_groups_step(policy, sent):
+    """Under `--scheduling-policy priority` a completion carries the step its group is for (vLLM
+    serves lower first); under fcfs nothing is sent, since vLLM refuses a nonzero priority there."""
+    info = {"weight_transfer_config": {"backend": "nccl"}, "model_config": {"logprobs_mode": "processed_logprobs"}}
+    if policy:
+        info["scheduler_config"] = {"policy": policy}
+    s = Stub(info)
+    eng = VLLMServerEngine(s.url, temperature=1.0, max_tokens=2, trl_generation=FakeTRLGeneration())
+    try:
+        jobs = [RolloutJob(idx=0, prompt_ids=[1], n=2, version=0, seed=10, step=3),
+                RolloutJob(idx=1, prompt_ids=[2], n=1, version=0, seed=20, step=1),
+                RolloutJob(idx=2, prompt_ids=[3], n=1, version=0, seed=30)]
+        [f.result(timeout=30) for f in eng.submit(jobs)]
+    finally:
+        eng.close()
+        s.close()
+    got = {b["seed"]: b.get("priority") for b in s.bodies}
+    assert got == ({10: 3, 11: 3, 20: 1, 30: None} if sent else {10: None, 11: None, 20: None, 30: None})

@@ -211,6 +211,11 @@ class VLLMServerEngine:
         if self.backend == "nccl" and trl_generation is None:
             raise RuntimeError("nccl weight transfer goes through TRL's VLLMGeneration (use_vllm, vllm_mode server)")
         self.trl_generation, self.is_main = trl_generation, is_main
+        # `vllm serve --scheduling-policy priority` (lower first, ties by arrival): each completion
+        # then carries the step its group is for, so in async's fill the next step's groups come
+        # back first instead of sharing the batch evenly with later steps'. vLLM refuses a nonzero
+        # priority under fcfs, so it is sent only where the server says it schedules by priority.
+        self.priority = (cfg.get("scheduler_config") or {}).get("policy") == "priority"
         self.stop_token_ids = list(stop_token_ids or [])
         self.model_name = requests.get(f"{self.url}/v1/models", timeout=60).json()["data"][0]["id"]
         self.version = -1
@@ -232,6 +237,8 @@ class VLLMServerEngine:
                 "top_p": 1.0, "max_tokens": job.max_tokens[c] if job.max_tokens else self.max_tokens,
                 "logprobs": 0, "seed": job.seed + c, "return_token_ids": True, "skip_special_tokens": False,
                 "ignore_eos": self.ignore_eos, "stop_token_ids": self.stop_token_ids}
+        if self.priority and job.step is not None:
+            body["priority"] = job.step
         async with self._session.post(f"{self.url}/v1/completions", json=body) as r:
             r.raise_for_status()
             choice = (await r.json())["choices"][0]

@@ -52,6 +52,9 @@ class RolloutJob:
     urgent: bool = False
     max_tokens: list[int] | None = None
     """Per-completion token limits (benchmarks draw long-tailed lengths); None = the stage's."""
+    step: int | None = None
+    """The optimizer step that will train on it (a refill: the current one). A server running
+    vLLM's priority scheduling serves lower steps first (engines.VLLMServerEngine)."""
 
 
 @dataclass
@@ -95,7 +98,8 @@ class RolloutProducer:
             self._orders += 1
             seed = job_seed(self.seed, self._orders, i)
             mt = self.max_tokens_fn(i, self.g) if self.max_tokens_fn else None
-            jobs.append(RolloutJob(i, self.tokenize(i), self.g, self.version, seed, urgent, mt))
+            jobs.append(RolloutJob(i, self.tokenize(i), self.g, self.version, seed, urgent, mt,
+                                   self.step if step is None else step))
         futs = self.engine.submit(jobs)
         if step is not None:
             self.ahead.extend((step, i, f) for i, f in zip(idxs, futs))
