@@ -8,7 +8,8 @@
 #                                             sync_fixed512 async1_fixed512 (one device call each)
 # A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
 # calls back to back): staging (~100 s), `warm` (318 and 410 s cold on an H100 with the install, 2026-12-07),
-# `PROMPTS=32 sync_lognormal`, `PROMPTS=32 async2_lognormal` (~540 s each). 32 prompts, not 64: a
+# `PROMPTS=32 BUDGET_S=520 async2_lognormal` (never measured, so first), then `PROMPTS=32 sync_lognormal`
+# with what is left (its step after `warm` is known, 137 s: BUDGET_S=230 gives one). 32 prompts, not 64: a
 # 32 x 8 synchronous step at the 8K cap took 137 s on an H100 (81% generation), so a 64 x 8 sync row
 # cannot time two steps in one call. async2, not async1: with async_steps 1 a step still waits for its
 # own longest completion; 2 overlaps that tail with the next step's bulk.
