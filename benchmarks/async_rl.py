@@ -42,7 +42,9 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -137,6 +139,22 @@ def gpu_memory_by_pid() -> dict[int, float]:
         return {}
 
 
+def dump_stacks_every(seconds: float, stop: threading.Event) -> None:
+    """Print every thread's Python stack to stderr every `seconds` until `stop` is set.
+
+    Not faulthandler.dump_traceback_later: its watchdog reads the other threads' frames without the
+    GIL, and on 2026-12-07 (H100, Python 3.12) a sync row died of a segfault in the middle of such a
+    dump, its last line a vLLM frame at line 0 (a frame being set up), before it wrote its JSON.
+    This thread holds the GIL while it reads, so the frames hold still."""
+    def run():
+        while not stop.wait(seconds):
+            out = [f"--- stacks at {time.strftime('%H:%M:%S')} ---"]
+            for tid, frame in sys._current_frames().items():
+                out.append(f"Thread {tid:#x}:\n" + "".join(traceback.format_stack(frame)))
+            print("\n".join(out), file=sys.stderr, flush=True)
+    threading.Thread(target=run, name="stack-dumps", daemon=True).start()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=["sync", "async"], required=True)
@@ -162,9 +180,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--padding-table", action="store_true", help="print padding_table for --lengths and exit")
     a = ap.parse_args(argv)
     started = time.perf_counter()
-    import faulthandler
+    stop_dumps = threading.Event()
     if a.stack_every > 0 and not a.padding_table and torch.cuda.is_available():
-        faulthandler.dump_traceback_later(a.stack_every, repeat=True)
+        dump_stacks_every(a.stack_every, stop_dumps)
     if a.padding_table:
         t = padding_table(a.lengths, a.prompts, a.rollouts, a.micro_batch)
         print(json.dumps({"lengths": a.lengths, "micro_batch": a.micro_batch, "positions_over_real_tokens": t}))
@@ -213,6 +231,43 @@ def main(argv=None) -> dict:
         async_stage.prepare_args(args, st)
     ends: list[float] = []
 
+    def report(mem: dict) -> dict:
+        """The row's JSON from the metrics so far: written after every step, so a row that dies
+        (a device call's limit, a crash in teardown) still leaves its figures."""
+        logs = [r for r in read_metrics(metrics_file) if "time/step_s" in r]
+        skip = 1 + (a.async_steps if is_async else 0)  # first step (autotune) and async's fill steps
+        skip = min(skip, max(len(ends) - 2, 0))
+        steady = logs[skip:]
+        tokens = [r.get("completions/mean_length", 0) * a.prompts * a.rollouts for r in logs]
+        wall = ends[-1] - ends[skip - 1] if skip else ends[-1] - t0
+        rate = sum(tokens[skip:]) / wall if wall > 0 else None
+        # Every step from the trainer being ready: unbiased when a row holds few steps (an async row's fill
+        # steps are counted, and what is still in flight at the end is not: it understates async).
+        rate_all = sum(tokens) / (ends[-1] - t0)
+
+        def mean(k):
+            vals = [r[k] for r in steady if r.get(k) is not None]
+            return sum(vals) / len(vals) if vals else None
+        blocked = [r.get("async/wait_s") if is_async else r.get("time/generation_s") for r in steady]
+        gap = {k: mean(k) for k in sorted({k for r in steady for k in r if k.startswith("async/")})}
+        out = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if gpu else "cpu",
+               "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
+               "scheduling_policy": a.scheduling_policy if is_async else None, "lengths": a.lengths,
+               "params": sum(p.numel() for p in model.parameters()),
+               "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),
+               "completion_tokens_per_s": rate, "completion_tokens_per_s_all_steps": rate_all,
+               "wall_s_per_step": wall / max(len(steady), 1),
+               "blocked_on_rollouts_frac": sum(x or 0 for x in blocked) / wall if wall > 0 else None,
+               "logprob_gap_abs": mean("sampling/sampling_logp_difference/mean"), "kl_k3": mean("sampling/kl_k3"),
+               "is_ratio_min": mean("sampling/importance_sampling_ratio/min"),
+               "is_ratio_max": mean("sampling/importance_sampling_ratio/max"),
+               "weight_sync_s": mean("time/weight_sync_s"), "mean_completion_len": mean("completions/mean_length"),
+               "async": gap, "trainer_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
+               "gpu_gb_by_pid_at_end": {str(k): v for k, v in mem.items()}, "per_step": logs}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+        return out
+
     class StepEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
@@ -225,6 +280,10 @@ def main(argv=None) -> dict:
             if (a.time_budget and len(ends) >= (2 + a.async_steps if is_async else 1)
                     and ends[-1] - started + 1.2 * last > a.time_budget):
                 control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if ends:  # ThroughputCallback, listed first, has written this step's metrics
+                report(gpu_memory_by_pid())
 
     metrics_file.unlink(missing_ok=True)
     metrics = MetricsWriter(metrics_file)
@@ -261,7 +320,7 @@ def main(argv=None) -> dict:
     try:
         trainer.train()
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        stop_dumps.set()
         mem = gpu_memory_by_pid()
         if trainer.rollouts is not None:
             trainer.rollouts.close()
@@ -269,38 +328,7 @@ def main(argv=None) -> dict:
             server.terminate()
             server.wait(timeout=60)
 
-    logs = [r for r in read_metrics(metrics_file) if "time/step_s" in r]
-    skip = 1 + (a.async_steps if is_async else 0)  # first step (autotune) and async's fill steps
-    skip = min(skip, max(len(ends) - 2, 0))
-    steady = logs[skip:]
-    tokens = [r.get("completions/mean_length", 0) * a.prompts * a.rollouts for r in logs]
-    wall = ends[-1] - ends[skip - 1] if skip else ends[-1] - t0
-    rate = sum(tokens[skip:]) / wall if wall > 0 else None
-    # Every step from the trainer being ready: unbiased when a row holds few steps (an async row's fill
-    # steps are counted, and what is still in flight at the end is not: it understates async).
-    rate_all = sum(tokens) / (ends[-1] - t0)
-
-    def mean(k):
-        vals = [r[k] for r in steady if r.get(k) is not None]
-        return sum(vals) / len(vals) if vals else None
-    blocked = [r.get("async/wait_s") if is_async else r.get("time/generation_s") for r in steady]
-    gap = {k: mean(k) for k in sorted({k for r in steady for k in r if k.startswith("async/")})}
-    out = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if gpu else "cpu",
-           "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
-           "scheduling_policy": a.scheduling_policy if is_async else None, "lengths": a.lengths,
-           "params": sum(p.numel() for p in model.parameters()),
-           "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),
-           "completion_tokens_per_s": rate, "completion_tokens_per_s_all_steps": rate_all,
-           "wall_s_per_step": wall / max(len(steady), 1),
-           "blocked_on_rollouts_frac": sum(x or 0 for x in blocked) / wall if wall > 0 else None,
-           "logprob_gap_abs": mean("sampling/sampling_logp_difference/mean"), "kl_k3": mean("sampling/kl_k3"),
-           "is_ratio_min": mean("sampling/importance_sampling_ratio/min"),
-           "is_ratio_max": mean("sampling/importance_sampling_ratio/max"),
-           "weight_sync_s": mean("time/weight_sync_s"), "mean_completion_len": mean("completions/mean_length"),
-           "async": gap, "trainer_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
-           "gpu_gb_by_pid_at_end": {str(k): v for k, v in mem.items()}, "per_step": logs}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
+    out = report(mem)
     print(json.dumps({k: v for k, v in out.items() if k != "per_step"}, indent=1))
     return out
 

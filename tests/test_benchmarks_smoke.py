@@ -1,8 +1,12 @@
 """The GPU benchmarks' own code paths, shrunk to the CPU: they must run and their arithmetic hold."""
 
+import json
 import math
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -67,7 +71,6 @@ def test_stage_metrics_drops_warmup_means_the_rest_and_takes_the_worst_memory(tm
 def test_stage_metrics_finds_a_cut_stage_in_its_attempt_folder(tmp_path):
     import json
 
-    import pytest
     import stage_metrics
     attempt = tmp_path / "run" / ".work" / "rl-abc"
     attempt.mkdir(parents=True)
@@ -94,3 +97,42 @@ def test_async_rl_benchmark_lengths_and_smoke(tmp_path):
     assert sync["completion_tokens_per_s"] > 0 and asy["completion_tokens_per_s"] > 0
     assert asy["async"]["async/staleness_max"] <= 1 and 0 <= asy["blocked_on_rollouts_frac"] <= 1
     assert max(r["completions/max_length"] for r in asy["per_step"]) <= 12
+
+
+def test_async_rl_row_that_dies_in_teardown_leaves_its_json(tmp_path, monkeypatch):
+    """The JSON is rewritten after every step: on 2026-12-07 a sync row segfaulted after its
+    second step and came back with no JSON at all."""
+    import async_rl
+    calls = []
+
+    def memory():
+        calls.append(1)
+        if len(calls) > 2:  # the teardown's call, after two steps' reports
+            raise RuntimeError("died in teardown")
+        return {}
+    monkeypatch.setattr(async_rl, "gpu_memory_by_pid", memory)
+    out = tmp_path / "s.json"
+    with pytest.raises(RuntimeError, match="died in teardown"):
+        async_rl.main(["--mode", "sync", "--steps", "2", "--prompts", "2", "--rollouts", "4", "--micro-batch", "4",
+                       "--lengths", "lognormal:6:12", "--out", str(out)])
+    row = json.loads(out.read_text())
+    assert [r["step"] for r in row["per_step"]] == [1, 2] and row["completion_tokens_per_s"] > 0
+
+
+def test_stack_dumps_name_every_thread(capsys):
+    import threading
+
+    import async_rl
+    stop, seen = threading.Event(), threading.Event()
+
+    def waiting_here():
+        seen.wait(5)
+    t = threading.Thread(target=waiting_here)
+    t.start()
+    async_rl.dump_stacks_every(0.05, stop)
+    time.sleep(0.3)
+    stop.set()
+    seen.set()
+    t.join()
+    err = capsys.readouterr().err
+    assert "--- stacks at" in err and "waiting_here" in err and "test_stack_dumps_name_every_thread" in err
