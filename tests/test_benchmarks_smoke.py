@@ -69,8 +69,6 @@ def test_stage_metrics_drops_warmup_means_the_rest_and_takes_the_worst_memory(tm
 
 
 def test_stage_metrics_finds_a_cut_stage_in_its_attempt_folder(tmp_path):
-    import json
-
     import stage_metrics
     attempt = tmp_path / "run" / ".work" / "rl-abc"
     attempt.mkdir(parents=True)
