@@ -145,6 +145,7 @@ def dump_stacks_every(seconds: float, stop: threading.Event) -> None:
     Not faulthandler.dump_traceback_later: its watchdog reads the other threads' frames without the
     GIL, and on 2026-12-07 (H100, Python 3.12) a sync row died of a segfault in the middle of such a
     dump, its last line a vLLM frame at line 0 (a frame being set up), before it wrote its JSON.
+    The same crash in the watchdog's dump_frame is CPython issues 131580 and 140815 (GIL builds).
     This thread holds the GIL while it reads, so the frames hold still."""
     def run():
         while not stop.wait(seconds):
