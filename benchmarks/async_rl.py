@@ -263,7 +263,9 @@ def main(argv=None) -> dict:
                "is_ratio_min": mean("sampling/importance_sampling_ratio/min"),
                "is_ratio_max": mean("sampling/importance_sampling_ratio/max"),
                "weight_sync_s": mean("time/weight_sync_s"), "mean_completion_len": mean("completions/mean_length"),
-               "async": gap, "trainer_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
+               "async": gap,
+               # the metrics reset torch's peak every logging step: the row's peak is the steps' largest
+               "trainer_peak_gb": max((r.get("mem/peak_allocated_gb") or 0 for r in logs), default=None) if gpu else None,
                "gpu_gb_by_pid_at_end": {str(k): v for k, v in mem.items()}, "per_step": logs}
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(out, indent=1))
