@@ -54,7 +54,7 @@ what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal sync_fixed5
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
 # vLLM's INFO lines (KV-cache size, max concurrency, the 10 s stats: running requests, KV usage) said
 # whether the server's KV cache capped its batch; on 2026-12-07 none reached the logs, only uvicorn's.
-export VLLM_LOGGING_LEVEL=${VLLM_LOGGING_LEVEL_ROWS:-INFO}
+export VLLM_LOGGING_LEVEL=INFO
 site=$(mktemp -d)
 printf 'try:\n    import posttrain.vllm_plugin as _p\n    _p.register()\nexcept Exception as e:\n    print("posttrain vllm plugin:", e)\n' > "$site/sitecustomize.py"
 export PYTHONPATH=$site:/tmp/site:$PWD
