@@ -142,21 +142,26 @@ KERNEL_GROUPS = [  # coarse buckets for "where does the step go"
 ]
 
 
-def profile_step(model, opt, inputs, device, top: int = 10, fused_head: bool = False) -> dict:
+def profile_step(model, opt, inputs, device, top: int = 25, fused_head: bool = False) -> dict:
+    """Kernel time of one step by group, the top kernels, and the top aten ops by input shapes (the
+    ops table says which tensor an elementwise kernel was for, which the kernel name never does)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=True) as prof:
         model(**inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    # On CUDA only kernels: op-level rows would count the same time twice.
-    events = [e for e in prof.key_averages() if not cuda or e.device_type == DeviceType.CUDA]
+    # On CUDA only kernels: op-level rows would count the same time twice, and so would GPU user
+    # annotations ("Optimizer.step#AdamW.step" spans the optimizer's kernels; 2026-12-07 it was
+    # counted as a 16.9 ms kernel of its own).
+    events = [e for e in prof.key_averages() if not cuda or (
+        e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False) and "#" not in e.key)]
     total = sum(getattr(e, key) for e in events) or 1
     groups: dict[str, float] = {}
     for e in events:
@@ -164,11 +169,16 @@ def profile_step(model, opt, inputs, device, top: int = 10, fused_head: bool = F
         g = next((g for g, pats in KERNEL_GROUPS if any(p in name for p in pats)), "other")
         groups[g] = groups.get(g, 0.0) + getattr(e, key) / 1e3
     rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if e.device_type == DeviceType.CPU and e.key.startswith("aten::") and getattr(e, key) > 0]
+    ops = sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:top]
     return {
         "total_ms": total / 1e3,
         "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
         "top": [{"name": e.key[:100], "calls": e.count, "ms": getattr(e, key) / 1e3,
                  "share": getattr(e, key) / total} for e in rows],
+        "top_ops": [{"name": e.key, "shapes": str(e.input_shapes)[:120], "calls": e.count,
+                     "ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total} for e in ops],
     }
 
 
@@ -260,9 +270,12 @@ def main(argv=None) -> dict:
             print(f"\none {mode} step at T={T}, profiled: {prof['total_ms']:.1f} ms of kernels")
             for g, ms in prof["groups_ms"].items():
                 print(f"  {ms:9.2f} ms {100 * ms / prof['total_ms']:5.1f}%  {g}")
-            print("top 10 kernels:")
+            print(f"top {len(prof['top'])} kernels:")
             for e in prof["top"]:
                 print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']}")
+            print(f"top {len(prof['top_ops'])} aten ops by input shapes (the kernels they launched):")
+            for e in prof["top_ops"]:
+                print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']} {e['shapes']}")
             results.append({"mode": mode, "seq_len": T, "profile": prof})
 
     out["ratios"] = ratios(results)

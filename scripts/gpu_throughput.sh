@@ -44,9 +44,9 @@ for what in "$@"; do
           --out "$out/packing_16k.json" > "$out/packing_16k.log" 2>&1 || rc=1
       tail -n 16 "$out/packing_16k.log" ;;
     profile7b)  # where an 8K step of the 7B's layers spends its kernel time (8 of its 32 layers)
-      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes fused --seq-lens 8192 \
+      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
           --profile --out "$out/profile_7b8l_8k.json" > "$out/profile_7b8l_8k.log" 2>&1 || rc=1
-      grep -A 14 "profiled" "$out/profile_7b8l_8k.log" | cut -c1-200 ;;
+      grep -A 60 "profiled" "$out/profile_7b8l_8k.log" | cut -c1-240 ;;
     sft8k)
       sft sft8k_cold "${COLD_S:-340}" stages.sft.max_steps=10
       sft sft8k_warm "${WARM_S:-190}" stages.sft.max_steps=5 ;;
