@@ -60,22 +60,7 @@ printf 'try:\n    import posttrain.vllm_plugin as _p\n    _p.register()\nexcept 
 export PYTHONPATH=$site:/tmp/site:$PWD
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
-# Kernel caches (Triton, tilelang, inductor, vLLM's compile cache) in one folder. A machine forgets
-# its disk when it goes back: `SAVE_CACHE=1` tars the folder back through $OUT in 15 MiB parts
-# (kcache.tgz.part-*); put them in the ignored folder kernel-cache/ and name it in `carry`, and the
-# next machine starts warm.
-kc=${KERNEL_CACHE:-/tmp/posttrain-kernels}
-export TRITON_CACHE_DIR=$kc/triton TORCHINDUCTOR_CACHE_DIR=$kc/inductor TILELANG_CACHE_DIR=$kc/tilelang VLLM_CACHE_ROOT=$kc/vllm
-mkdir -p "$kc"
-if ls kernel-cache/kcache.tgz.part-* >/dev/null 2>&1 && [ ! -e "$kc/.restored" ]; then
-  cat kernel-cache/kcache.tgz.part-* | tar -xzf - -C "$kc" && touch "$kc/.restored" && echo "kernel cache restored: $(du -sh "$kc" | cut -f1)"
-fi
-save_cache() {
-  [ "${SAVE_CACHE:-0}" = 1 ] || return 0
-  rm -f "$out"/kcache.tgz.part-* "$out"/*.metrics.jsonl  # the JSON holds every step's metrics
-  tar -czf - -C "$kc" --exclude=.restored . | split -b 15M - "$out/kcache.tgz.part-"
-  ls -la "$out"/kcache.tgz.part-*
-}
+. scripts/kernel_cache.sh  # kernel caches in one folder; SAVE_CACHE=1 tars them back
 # Fail in seconds, not after minutes of compiling: what `vllm serve` and the IPC transfer import
 # (2026-12-01 the server died at start on ray, then on prometheus_fastapi_instrumentator).
 python3 -c "import aiohttp, requests, vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)
@@ -114,4 +99,6 @@ case $what in
   async1_fixed512)  async_row --async-steps 1 --lengths fixed:512 --steps "${ASTEPS:-12}" ;;
   *) echo "unknown row $what"; exit 2 ;;
 esac
+# $OUT returns 8 files at most: with the cache parts, drop the per-step files (the JSON holds them)
+[ "${SAVE_CACHE:-0}" != 1 ] || rm -f "$out"/*.metrics.jsonl
 save_cache

@@ -12,13 +12,13 @@
 # (fla autotune, tilelang, flex) before its first figure: on 2026-12-01 `parity` (230 s) and `packing`
 # (290 s, then 230 s) were cut before they finished. Run sft8k first: the parity tests use the 7B's
 # widths, so they then start warm; give parity and packing a call each (PARITY_S/PACKING_S=540).
+# SAVE_CACHE=1 returns the kernel caches (scripts/kernel_cache.sh): carry them to a later machine.
 # PACKING_MODES='stock fused' times only what the 2.0x target compares, for a short call.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_DATASETS_DISABLE_PROGRESS_BARS=1
 out=${OUT:-benchmarks/results}
-kc=${KERNEL_CACHE:-/tmp/posttrain-kernels}  # one cache for every part on this machine
-export TRITON_CACHE_DIR=$kc/triton TORCHINDUCTOR_CACHE_DIR=$kc/inductor TILELANG_CACHE_DIR=$kc/tilelang
 mkdir -p "$out"
+. scripts/kernel_cache.sh  # one cache for every part; SAVE_CACHE=1 tars it back through $OUT
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 rc=0
 sft() {  # NAME LIMIT_S overrides...: the SFT stage of the 7B throughput recipe, then its summary
@@ -56,4 +56,5 @@ for what in "$@"; do
     *) echo "unknown part $what"; exit 2 ;;
   esac
 done
+save_cache
 exit $rc

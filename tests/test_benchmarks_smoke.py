@@ -134,3 +134,30 @@ def test_stack_dumps_name_every_thread(capsys):
     t.join()
     err = capsys.readouterr().err
     assert "--- stacks at" in err and "waiting_here" in err and "test_stack_dumps_name_every_thread" in err
+
+
+def test_kernel_cache_parts_round_trip_to_the_next_machine(tmp_path):
+    """scripts/kernel_cache.sh: SAVE_CACHE=1 tars the caches into $out; kernel-cache/ restores them."""
+    import shutil
+    import subprocess
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d in (first, second):
+        (d / "scripts").mkdir(parents=True)
+        shutil.copy(ROOT / "scripts" / "kernel_cache.sh", d / "scripts")
+    script = '. scripts/kernel_cache.sh && echo "$TRITON_CACHE_DIR" && mkdir -p "$TRITON_CACHE_DIR" && ' \
+             'echo autotuned > "$TRITON_CACHE_DIR/k.json" && save_cache'
+    env = {"PATH": "/usr/bin:/bin", "out": str(first / "out"), "KERNEL_CACHE": str(first / "kc"), "SAVE_CACHE": "1"}
+    (first / "out").mkdir()
+    r = subprocess.run(["bash", "-c", script], cwd=first, env=env, capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines()[0] == str(first / "kc" / "triton")
+    parts = sorted((first / "out").glob("kcache.tgz.part-*"))
+    assert parts
+    (second / "kernel-cache").mkdir()
+    for p in parts:
+        shutil.copy(p, second / "kernel-cache")
+    env = {"PATH": "/usr/bin:/bin", "out": str(second / "out"), "KERNEL_CACHE": str(second / "kc")}
+    r = subprocess.run(["bash", "-c", ". scripts/kernel_cache.sh && save_cache"], cwd=second, env=env,
+                       capture_output=True, text=True, check=True)
+    assert "kernel cache restored" in r.stdout
+    assert (second / "kc" / "triton" / "k.json").read_text() == "autotuned\n"
+    assert not (second / "out").exists()  # without SAVE_CACHE nothing is written back
