@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -161,3 +162,18 @@ def test_kernel_cache_parts_round_trip_to_the_next_machine(tmp_path):
     assert "kernel cache restored" in r.stdout
     assert (second / "kc" / "triton" / "k.json").read_text() == "autotuned\n"
     assert not (second / "out").exists()  # without SAVE_CACHE nothing is written back
+
+
+def test_merged_gdn_projections_are_the_same_function():
+    """benchmarks/gdn_projections.py: merging the six GEMMs changes no output or gradient (fp32)."""
+    import gdn_projections as gp
+    x = torch.randn(32, 64, dtype=torch.float64)
+    w = gp.make_weights("tiny", torch.device("cpu"), torch.float64)
+    outs = {m: gp.project(m, x, w) for m in gp.MODES}
+    for m in gp.MODES:
+        assert [o.shape for o in outs[m]] == [o.shape for o in outs["stock"]]
+        assert all(torch.allclose(a, b) for a, b in zip(outs[m], outs["stock"]))
+        assert outs[m][0].is_contiguous()  # what the short conv reads
+    r = gp.main(["--sizes", "tiny", "--seq-lens", "64", "--iters", "1", "--device", "cpu", "--out", "/dev/null"])
+    assert [x["mode"] for x in r["rows"]] == list(gp.MODES) and all(x["ms"] > 0 for x in r["rows"])
+    assert max(x["max_grad_rel_err"] for x in r["rows"]) < 2e-2  # bf16 GEMMs of other shapes round differently
