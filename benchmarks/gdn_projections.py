@@ -29,7 +29,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 # hidden, heads, key head dim, value head dim (benchmarks/packing.py's SIZES)
 SIZES = {"7b": (3840, 30, 96, 192), "1b": (2048, 16, 96, 192), "tiny": (64, 4, 12, 24)}
-MODES = ("stock", "qkv+rest", "all")
+MODES = ("stock", "qkv", "qkv+rest", "all")
 
 
 def make_weights(size: str, device, dtype):
@@ -43,6 +43,9 @@ def project(mode: str, x: torch.Tensor, w: dict) -> tuple[torch.Tensor, ...]:
     """-> (q|k|v contiguous [N, 2K+V], g, a, b): what the packed GDN forward consumes."""
     if mode == "stock":
         mixed = torch.cat([F.linear(x, w["q"]), F.linear(x, w["k"]), F.linear(x, w["v"])], dim=-1)
+        return mixed, F.linear(x, w["g"]), F.linear(x, w["a"]), F.linear(x, w["b"])
+    if mode == "qkv":  # q|k|v merged (2K+V rows, a multiple of 64 at these widths); g, a, b as they are
+        mixed = F.linear(x, torch.cat([w["q"], w["k"], w["v"]]))
         return mixed, F.linear(x, w["g"]), F.linear(x, w["a"]), F.linear(x, w["b"])
     if mode == "qkv+rest":
         mixed = F.linear(x, torch.cat([w["q"], w["k"], w["v"]]))
