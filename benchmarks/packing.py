@@ -133,11 +133,13 @@ def run(model, opt, batches, docs_of, warmup: int, config, device, fused_head: b
     }
 
 
-KERNEL_GROUPS = [  # coarse buckets for "where does the step go"
+KERNEL_GROUPS = [  # coarse buckets for "where does the step go"; first match wins
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90_")),
     ("attention (flex)", ("flex", "triton_tem")),
-    ("gdn/conv/norm (fla, tilelang)", ("chunk", "conv", "l2norm", "norm_gated", "layer_norm", "recompute", "wy",
-                                       "kkt", "delta", "solve_tril", "cumsum", "main_kernel", "kernel_kernel")),
+    ("optimizer (fused AdamW)", ("multi_tensor_apply", "adam")),
+    ("gdn/conv (fla, tilelang)", ("chunk", "conv", "l2norm", "norm_gated", "recompute", "wy",
+                                  "kkt", "delta", "solve_tril", "cumsum", "main_kernel", "kernel_kernel")),
+    ("norm/SwiGLU (fla, fused layers)", ("layer_norm", "rms_norm", "swiglu")),
     ("elementwise/reduce (torch)", ("elementwise", "reduce", "copy", "cat", "fill", "index", "softmax", "triton_")),
 ]
 
