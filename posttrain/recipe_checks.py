@@ -6,6 +6,8 @@ posttrain/data/validate.py's FIELD_RULES."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,24 @@ def _check_rewards(st: "GRPOStage", where: str) -> None:
             raise RecipeError(f"{where}.rewards.{i}: {e}") from None
 
 
+def _check_kernel_cache(r: Recipe, src) -> None:
+    """A kernel_cache directory is made on the first GPU stage, after earlier stages ran: say now if it
+    cannot be (a file in the way, an unwritable parent), not as a traceback minutes into a run."""
+    from posttrain.model.compile_cache import kernel_cache_dir
+    if r.cfg.kernel_cache in ("user", "none"):  # user: resolved per machine, where it runs
+        return
+    d = kernel_cache_dir(r.cfg.kernel_cache, r.output_dir)
+    if d.exists():
+        if not d.is_dir():
+            raise RecipeError(f"{src}: kernel_cache: {d} exists and is not a directory")
+        return
+    parent = next(p for p in d.absolute().parents if p.exists())
+    try:  # a probe, not os.access: root passes access checks on read-only mounts and /proc
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".posttrain-probe-"))
+    except OSError as e:
+        raise RecipeError(f"{src}: kernel_cache: cannot create {d}: {parent}: {e.strerror}") from None
+
+
 def check_recipe(r: Recipe, path: Path) -> None:
     """Cross-field rules that types alone cannot express."""
     src, names = r.source, list(r.stages)
@@ -65,6 +85,7 @@ def check_recipe(r: Recipe, path: Path) -> None:
     out_dir = r.output_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise RecipeError(f"{src}: output_dir: {out_dir} exists and is not a directory")
+    _check_kernel_cache(r, src)
     if r.cfg.model.dtype not in ("float32", "bfloat16"):
         raise RecipeError(f"{src}: model.dtype: must be float32 or bfloat16, got {r.cfg.model.dtype!r}")
     for i, (name, st) in enumerate(r.stages.items()):
