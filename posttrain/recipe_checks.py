@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,11 @@ def check_recipe(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.reward_crash_limit: must be a fraction in [0, 1], got {st.reward_crash_limit}")
         if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
             raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
+        if isinstance(st, GRPOStage) and st.vllm_server_base_url:
+            u = urllib.parse.urlsplit(st.vllm_server_base_url)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise RecipeError(f"{where}.vllm_server_base_url: must be http(s)://HOST[:PORT], "
+                                  f"got {st.vllm_server_base_url!r}")
         if isinstance(st, GRPOStage):
             _check_async(st, where)
     for i, b in enumerate(r.cfg.benchmarks):
