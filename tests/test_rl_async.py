@@ -257,13 +257,13 @@ ASSET = ROOT / "tests" / "assets" / "tiny-dpo"
 def test_async_grpo_raises_accuracy_over_the_dpo_model(tmp_path, monkeypatch):
     """The tiny recipe's RL stage with `async_steps: 1`, from the tiny recipe's DPO model (shipped:
     making it costs ~4 min of SFT + DPO), must beat that model's held-out accuracy on the same
-    200 problems, as the synchronous stage does. 2026-12-01 (session 7, asset rebuilt with the
-    recipe's DPO `sft_weight`), 2 CPU cores: DPO 0.575 -> synchronous GRPO 0.605 (`posttrain run tiny`)
-    and async 0.585 (this test; 261 s since the engine thread takes half of torch's pool on CPU,
-    2026-12-07, ~340-360 s before, when it oversubscribed the cores; the asset before it: DPO 0.610
-    -> async 0.640), the same figure and bit-identical weights run after run since the HF engine samples from per-completion generators (0.635 with the
-    earlier affine job seeds; producer.job_seed). An asset built
-    with one thread and the SFT eval off scored 0.145 instead: rebuild it the way the script does."""
+    200 problems, as the synchronous stage does. 2 CPU cores, 2026-12-07 (asset rebuilt from that
+    day's `posttrain run tiny`): DPO 0.635 -> synchronous GRPO 0.750 there, async 0.720 here (256 s).
+    The asset before it (2026-12-01) gave DPO 0.575 -> sync 0.605 and async 0.585: a 1-point margin,
+    too thin to trust on another CPU, hence the rebuild. The same figure and bit-identical weights
+    come run after run, since the HF engine samples from per-completion generators
+    (producer.job_seed). An asset built with one thread and the SFT eval off scored 0.145 instead:
+    rebuild it the way scripts/make_tiny_dpo_asset.sh does."""
     from posttrain.pipeline import Pipeline
     from posttrain.rundir import read_done
     monkeypatch.chdir(ROOT)
