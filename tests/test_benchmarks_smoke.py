@@ -177,3 +177,13 @@ def test_merged_gdn_projections_are_the_same_function():
     r = gp.main(["--sizes", "tiny", "--seq-lens", "64", "--iters", "1", "--device", "cpu", "--out", "/dev/null"])
     assert [x["mode"] for x in r["rows"]] == list(gp.MODES) and all(x["ms"] > 0 for x in r["rows"])
     assert max(x["max_grad_rel_err"] for x in r["rows"]) < 2e-2  # bf16 GEMMs of other shapes round differently
+
+
+def test_packing_profile_lists_kernel_groups_and_ops_by_shape(tmp_path):
+    import packing
+    out = packing.main(["--size", "tiny", "--device", "cpu", "--seq-lens", "128", "--modes", "packed", "--steps", "1",
+                        "--warmup", "0", "--docs", "20", "--profile", "--out", str(tmp_path / "p.json")])
+    prof = next(r["profile"] for r in out["results"] if "profile" in r)
+    assert prof["total_ms"] > 0 and prof["top"] and prof["top_ops"]
+    assert abs(sum(prof["groups_ms"].values()) - prof["total_ms"]) < 1e-6 * max(1.0, prof["total_ms"]) + 1e-3
+    assert all(op["name"].startswith("aten::") and "shapes" in op for op in prof["top_ops"])
