@@ -12,6 +12,7 @@ concatenating the weights every step. Pure torch, no fla: it runs without a comp
 
 Modes (forward + backward, upstream gradients random, weights' gradients accumulated as a trainer does):
 - stock: six linears, torch.cat of q|k|v (posttrain/model/packing.py's packed forward today);
+- qkv: one GEMM on cat(Wq, Wk, Wv) -> q|k|v already contiguous; g, a, b as they are;
 - qkv+rest: one GEMM on cat(Wq, Wk, Wv) -> q|k|v already contiguous, one on cat(Wg, Wa, Wb);
 - all: one GEMM on all six weights, then q|k|v made contiguous for the conv.
 """
@@ -44,11 +45,10 @@ def project(mode: str, x: torch.Tensor, w: dict) -> tuple[torch.Tensor, ...]:
     if mode == "stock":
         mixed = torch.cat([F.linear(x, w["q"]), F.linear(x, w["k"]), F.linear(x, w["v"])], dim=-1)
         return mixed, F.linear(x, w["g"]), F.linear(x, w["a"]), F.linear(x, w["b"])
-    if mode == "qkv":  # q|k|v merged (2K+V rows, a multiple of 64 at these widths); g, a, b as they are
+    if mode in ("qkv", "qkv+rest"):  # q|k|v: 2K+V rows, a multiple of 64 at these widths
         mixed = F.linear(x, torch.cat([w["q"], w["k"], w["v"]]))
-        return mixed, F.linear(x, w["g"]), F.linear(x, w["a"]), F.linear(x, w["b"])
-    if mode == "qkv+rest":
-        mixed = F.linear(x, torch.cat([w["q"], w["k"], w["v"]]))
+        if mode == "qkv":
+            return mixed, F.linear(x, w["g"]), F.linear(x, w["a"]), F.linear(x, w["b"])
         g, a, b = F.linear(x, torch.cat([w["g"], w["a"], w["b"]])).split([w["g"].shape[0], w["a"].shape[0],
                                                                          w["b"].shape[0]], dim=-1)
         return mixed, g, a, b

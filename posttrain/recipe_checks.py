@@ -63,6 +63,19 @@ def _check_kernel_cache(r: Recipe, src) -> None:
         raise RecipeError(f"{src}: kernel_cache: cannot create {d}: {parent}: {e.strerror}") from None
 
 
+def _is_http_url(url: str) -> bool:
+    """
+    >>> [_is_http_url(u) for u in ("http://127.0.0.1:8000", "https://h/v1", "localhost:8000", "http://h:80000")]
+    [True, True, False, False]
+    """
+    u = urllib.parse.urlsplit(url)
+    try:
+        u.port  # raises on a port that is not a number in [0, 65535]
+    except ValueError:
+        return False
+    return u.scheme in ("http", "https") and bool(u.hostname)
+
+
 def check_recipe(r: Recipe, path: Path) -> None:
     """Cross-field rules that types alone cannot express."""
     src, names = r.source, list(r.stages)
@@ -132,8 +145,7 @@ def check_recipe(r: Recipe, path: Path) -> None:
         if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
             raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
         if isinstance(st, GRPOStage) and st.vllm_server_base_url:
-            u = urllib.parse.urlsplit(st.vllm_server_base_url)
-            if u.scheme not in ("http", "https") or not u.hostname:
+            if not _is_http_url(st.vllm_server_base_url):
                 raise RecipeError(f"{where}.vllm_server_base_url: must be http(s)://HOST[:PORT], "
                                   f"got {st.vllm_server_base_url!r}")
         if isinstance(st, GRPOStage):
