@@ -144,6 +144,81 @@ KERNEL_GROUPS = [  # coarse buckets for "where does the step go"; first match wi
 ]
 
 
+def _one_step(model, opt, inputs, fused_head: bool) -> None:
+    from torch.profiler import record_function
+
+    with record_function("step: forward"):
+        loss = model(**inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss
+    with record_function("step: backward"):
+        loss.backward()
+    with record_function("step: optimizer"):
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _launcher(event, by_id: dict) -> str:
+    """The CPU op that launched a kernel and, after `<<`, the outermost op it ran under:
+    `aten::mm < aten::linear << autograd::engine::evaluate_function: MmBackward0`."""
+    e = by_id.get(getattr(event, "linked_correlation_id", 0))
+    if e is None:
+        return "?"
+    inner, top = [e.name[:50]], e
+    while top.cpu_parent is not None:
+        top = top.cpu_parent
+        if len(inner) < 2:
+            inner.append(top.name[:50])
+    return " < ".join(inner) + (f" << {top.name[:60]}" if top.name not in inner else "")
+
+
+def gpu_gaps(events, min_us: float = 20.0, top: int = 12) -> dict:
+    """Where the GPU sat idle inside a profiled step: the kernels' span minus their union, and the
+    largest idle stretches grouped by the CPU op that launched the kernel ending each one (a gap
+    before a kernel means the host was late with it: a device sync, or Python slower than the GPU)."""
+    from torch.autograd import DeviceType
+
+    kernels = sorted((e for e in events if e.device_type == DeviceType.CUDA
+                      and not getattr(e, "is_user_annotation", False) and "#" not in e.name),
+                     key=lambda e: e.time_range.start)
+    if not kernels:
+        return {"span_ms": 0.0, "idle_ms": 0.0, "gaps": []}
+    # the CPU ops the profiler linked kernels to (profiler-internal events reuse their ids)
+    by_id = {e.id: e for e in events if e.device_type == DeviceType.CPU and e.kernels}
+    idle, end, by_op = 0.0, kernels[0].time_range.end, {}
+    for k in kernels[1:]:
+        gap = k.time_range.start - end
+        if gap > 0:
+            idle += gap
+            if gap >= min_us:
+                op = _launcher(k, by_id)
+                n, us = by_op.get(op, (0, 0.0))
+                by_op[op] = (n + 1, us + gap)
+        end = max(end, k.time_range.end)
+    rows = sorted(by_op.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"span_ms": (end - kernels[0].time_range.start) / 1e3, "idle_ms": idle / 1e3,
+            "gaps": [{"before": op, "count": n, "ms": us / 1e3} for op, (n, us) in rows]}
+
+
+def host_syncs(fn) -> list[dict]:
+    """Each place one call of `fn` made the host wait for the GPU (torch's sync debug mode: .item(),
+    .tolist(), boolean indexing, a copy to the CPU), as file:line with a count. A sync inside
+    autograd's backward reports the `backward()` line."""
+    import collections
+    import warnings
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+            torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    where = collections.Counter(f"{Path(w.filename).name}:{w.lineno} {str(w.message)[:60]}"
+                                for w in caught if "synchroniz" in str(w.message))
+    return [{"where": k, "count": n} for k, n in where.most_common(20)]
+
+
 def profile_step(model, opt, inputs, device, top: int = 25, fused_head: bool = False) -> dict:
     """Kernel time of one step by group, the top kernels, and the top aten ops by input shapes (the
     ops table says which tensor an elementwise kernel was for, which the kernel name never does)."""
@@ -153,9 +228,7 @@ def profile_step(model, opt, inputs, device, top: int = 25, fused_head: bool = F
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts, record_shapes=True) as prof:
-        model(**inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _one_step(model, opt, inputs, fused_head)
         if cuda:
             torch.cuda.synchronize()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
@@ -176,6 +249,8 @@ def profile_step(model, opt, inputs, device, top: int = 25, fused_head: bool = F
     ops = sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:top]
     return {
         "total_ms": total / 1e3,
+        "gpu_idle": gpu_gaps(prof.events()) if cuda else None,
+        "host_syncs": host_syncs(lambda: _one_step(model, opt, inputs, fused_head)) if cuda else None,
         "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
         "top": [{"name": e.key[:100], "calls": e.count, "ms": getattr(e, key) / 1e3,
                  "share": getattr(e, key) / total} for e in rows],
@@ -272,6 +347,14 @@ def main(argv=None) -> dict:
             print(f"\none {mode} step at T={T}, profiled: {prof['total_ms']:.1f} ms of kernels")
             for g, ms in prof["groups_ms"].items():
                 print(f"  {ms:9.2f} ms {100 * ms / prof['total_ms']:5.1f}%  {g}")
+            if prof["gpu_idle"]:
+                gi = prof["gpu_idle"]
+                print(f"GPU idle {gi['idle_ms']:.1f} ms of a {gi['span_ms']:.1f} ms kernel span; gaps by the op after them:")
+                for g in gi["gaps"]:
+                    print(f"  {g['ms']:9.2f} ms  x{g['count']:<5d} {g['before']}")
+                print(f"host syncs in one step ({sum(h['count'] for h in prof['host_syncs'])}):")
+                for h in prof["host_syncs"]:
+                    print(f"  x{h['count']:<5d} {h['where']}")
             print(f"top {len(prof['top'])} kernels:")
             for e in prof["top"]:
                 print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']}")

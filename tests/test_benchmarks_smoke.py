@@ -187,3 +187,30 @@ def test_packing_profile_lists_kernel_groups_and_ops_by_shape(tmp_path):
     assert prof["total_ms"] > 0 and prof["top"] and prof["top_ops"]
     assert abs(sum(prof["groups_ms"].values()) - prof["total_ms"]) < 1e-6 * max(1.0, prof["total_ms"]) + 1e-3
     assert all(op["name"].startswith("aten::") and "shapes" in op for op in prof["top_ops"])
+
+
+def test_gpu_gaps_sums_idle_and_names_the_op_after_each_gap():
+    """Kernels at [0,10], [5,12], [40,50], [50,60], [100,110] us: idle 28 + 40 = 68 us of a 110 us span;
+    the 40 us gap is before a kernel that aten::mm launched under aten::linear, in `step` (a profiler
+    event reusing aten::mm's id is not taken for it)."""
+    from types import SimpleNamespace as NS
+
+    from torch.autograd import DeviceType
+
+    from benchmarks.packing import gpu_gaps
+
+    step = NS(id=9, name="step", cpu_parent=None, device_type=DeviceType.CPU, kernels=[])
+    linear = NS(id=1, name="aten::linear", cpu_parent=step, device_type=DeviceType.CPU, kernels=[])
+    mm = NS(id=3, name="aten::mm", cpu_parent=linear, device_type=DeviceType.CPU, kernels=["k"])
+    buffer = NS(id=3, name="Activity Buffer Request", cpu_parent=None, device_type=DeviceType.CPU, kernels=[])
+    item = NS(id=4, name="aten::_local_scalar_dense", cpu_parent=None, device_type=DeviceType.CPU, kernels=["k"])
+
+    def kernel(a, b, corr):
+        return NS(id=0, name="k", device_type=DeviceType.CUDA, time_range=NS(start=a, end=b),
+                  linked_correlation_id=corr)
+
+    events = [step, linear, mm, buffer, item, kernel(0, 10, 4), kernel(5, 12, 4), kernel(40, 50, 4),
+              kernel(50, 60, 4), kernel(100, 110, 3)]
+    out = gpu_gaps(events, min_us=30)
+    assert out["span_ms"] == 0.110 and abs(out["idle_ms"] - 0.068) < 1e-12
+    assert out["gaps"] == [{"before": "aten::mm < aten::linear << step", "count": 1, "ms": 0.04}]
