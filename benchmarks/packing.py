@@ -159,9 +159,11 @@ def _one_step(model, opt, inputs, fused_head: bool) -> None:
 def _launcher(event, by_id: dict) -> str:
     """The CPU op that launched a kernel and, after `<<`, the outermost op it ran under:
     `aten::mm < aten::linear << autograd::engine::evaluate_function: MmBackward0`."""
-    e = by_id.get(getattr(event, "linked_correlation_id", 0))
+    e = by_id.get(getattr(event, "linked_correlation_id", 0) or -1) or by_id.get(("runtime", event.id))
     if e is None:
         return "?"
+    if e.name.startswith(("cuda", "cu", "hip")) and e.cpu_parent is not None:
+        e = e.cpu_parent  # the aten op the runtime call ran in
     inner, top = [e.name[:50]], e
     while top.cpu_parent is not None:
         top = top.cpu_parent
@@ -181,8 +183,13 @@ def gpu_gaps(events, min_us: float = 20.0, top: int = 12) -> dict:
                      key=lambda e: e.time_range.start)
     if not kernels:
         return {"span_ms": 0.0, "idle_ms": 0.0, "gaps": []}
-    # the CPU ops the profiler linked kernels to (profiler-internal events reuse their ids)
-    by_id = {e.id: e for e in events if e.device_type == DeviceType.CPU and e.kernels}
+    # A kernel names its launch either by linked_correlation_id (the aten op, which lists the kernel)
+    # or by sharing its CUPTI id with the runtime call (cudaLaunchKernel, nested in the aten op), as
+    # torch versions differ; profiler-internal events ("Activity Buffer Request") reuse ids, so neither
+    # lookup takes an event that is not of that kind.
+    by_id = {e.id: e for e in events if e.device_type == DeviceType.CPU and getattr(e, "kernels", None)}
+    by_id.update({("runtime", e.id): e for e in events
+                  if e.device_type == DeviceType.CPU and e.name.startswith(("cuda", "cu", "hip"))})
     idle, end, by_op = 0.0, kernels[0].time_range.end, {}
     for k in kernels[1:]:
         gap = k.time_range.start - end

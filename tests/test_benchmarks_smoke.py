@@ -214,3 +214,8 @@ def test_gpu_gaps_sums_idle_and_names_the_op_after_each_gap():
     out = gpu_gaps(events, min_us=30)
     assert out["span_ms"] == 0.110 and abs(out["idle_ms"] - 0.068) < 1e-12
     assert out["gaps"] == [{"before": "aten::mm < aten::linear << step", "count": 1, "ms": 0.04}]
+    # linked through the runtime call's CUPTI id instead (linked_correlation_id 0)
+    launch = NS(id=77, name="cudaLaunchKernel", cpu_parent=mm, device_type=DeviceType.CPU, kernels=[])
+    late = NS(id=77, name="k", device_type=DeviceType.CUDA, time_range=NS(start=100, end=110), linked_correlation_id=0)
+    out = gpu_gaps(events[:-1] + [launch, late], min_us=30)
+    assert out["gaps"] == [{"before": "aten::mm < aten::linear << step", "count": 1, "ms": 0.04}]
