@@ -277,6 +277,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=4, help="timed steps (distinct batches) per mode and T")
     ap.add_argument("--docs", type=int, default=600)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--host-sync", action="store_true",
+                    help="drop the batches' host copy of the boundaries, so each forward copies them from the GPU "
+                         "(a sync), as before 2026-12-07: the baseline for that change")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "packing.json"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -334,6 +337,8 @@ def main(argv=None) -> dict:
                 collate = PackedCollator(max_length=T, pad_token_id=PAD)
                 groups = rows[:n]
                 batches = [to_device(collate([{"input_ids": docs[i]} for i in g]), device) for g in groups]
+                if args.host_sync:
+                    batches = [{k: v for k, v in b.items() if k != "cu_seq_lens_host"} for b in batches]
                 if mode == "stock":
                     batches = [stock_inputs(b) for b in batches]
             docs_of = [[lengths[i] for i in g] for g in groups]

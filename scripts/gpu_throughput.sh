@@ -5,6 +5,7 @@
 #   bash scripts/gpu_throughput.sh sft8k    # 7B SFT stage at 8K: cold kernel cache, then a rerun on the warm one
 #   bash scripts/gpu_throughput.sh sft32k   # 7B SFT stage at 32K rows, gradient checkpointing
 #   bash scripts/gpu_throughput.sh profile7b  # kernel-time table of one 8K step on 8 of the 7B's layers
+#   bash scripts/gpu_throughput.sh idle     # GPU idle / host syncs of that step, A/B against the old sync, GPU packing tests
 # Several at once: bash scripts/gpu_throughput.sh sft8k parity. Each part has its own time limit so
 # that one device call (600 s) still returns what finished. Logs and JSON go to $OUT, else
 # benchmarks/results. Needs `../shared/device/stage-wheels.sh train` installed into /tmp/site.
@@ -49,6 +50,19 @@ for what in "$@"; do
       timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
           --profile --out "$out/profile_7b8l_8k.json" > "$out/profile_7b8l_8k.log" 2>&1 || rc=1
       grep -A 60 "profiled" "$out/profile_7b8l_8k.log" | cut -c1-240 ;;
+    idle)  # GPU idle and host syncs of a head step (7B widths, 8K), then the same step with the pre-2026-12-07 sync
+      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
+          --steps 12 --warmup 2 --profile --out "$out/idle_7b8l_8k.json" > "$out/idle_7b8l_8k.log" 2>&1 || rc=1
+      grep -A 12 "GPU idle" "$out/idle_7b8l_8k.log" | cut -c1-240; grep "^| head" "$out/idle_7b8l_8k.log"
+      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
+          --steps 12 --warmup 2 --host-sync --out "$out/idle_7b8l_8k_hostsync.json" > "$out/idle_7b8l_8k_hostsync.log" 2>&1 || rc=1
+      grep "^| head" "$out/idle_7b8l_8k_hostsync.log" | sed 's/^/host-sync baseline: /'
+      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
+          --steps 12 --warmup 2 --out "$out/idle_7b8l_8k_again.json" > "$out/idle_7b8l_8k_again.log" 2>&1 || rc=1
+      grep "^| head" "$out/idle_7b8l_8k_again.log" | sed 's/^/no sync, again: /'
+      timeout -k 10 "${PARITY_S:-240}" python3 -m pytest tests/gpu/test_packing_gpu.py -m gpu -q -p no:cacheprovider \
+          > "$out/gpu_packing_tests.log" 2>&1 || rc=1
+      tail -n 25 "$out/gpu_packing_tests.log" | cut -c1-300 ;;
     sft8k)
       sft sft8k_cold "${COLD_S:-340}" stages.sft.max_steps=10
       sft sft8k_warm "${WARM_S:-190}" stages.sft.max_steps=5 ;;

@@ -227,3 +227,29 @@ def test_packed_row_batches_reshuffle_each_epoch_under_accelerate_sharding():
         if world == 1:  # every item once per epoch, rows within max_len
             assert sorted(i for b in second for i in b) == list(range(200))
             assert all(sum(lengths[i] for i in b) <= 64 for b in second)
+
+
+def test_host_copy_of_boundaries_decides_them_and_a_stale_one_is_ignored(docs):
+    """The model takes document boundaries from the collators' `cu_seq_lens_host` (no device-to-host
+    copy); one of another length than cu_seq_lens_q is not trusted."""
+    model = build()
+    enable_exact_packing(model)
+    batch = pack_sequences(docs[:2])  # 40 + 1 tokens
+    assert batch["cu_seq_lens_host"] == (0, 40, 41) == tuple(batch["cu_seq_lens_q"].tolist())
+    run = lambda b: model(**{k: v for k, v in b.items() if k != "labels"}, use_cache=False).logits  # noqa: E731
+    with torch.no_grad():
+        right = run(batch)
+        moved = run({**batch, "cu_seq_lens_host": (0, 20, 41)})  # boundary at 20: a different model input
+        stale = run({**batch, "cu_seq_lens_host": (0, 41)})
+    assert not torch.allclose(right, moved)
+    torch.testing.assert_close(stale, right, rtol=0, atol=0)
+    torch.testing.assert_close(right, alone_logits(model, docs[:2]), rtol=1e-4, atol=1e-4)
+
+
+def test_every_packed_batch_carries_its_boundaries_as_ints(docs):
+    from posttrain.data.packing import pad_packed_row
+
+    for b in (PackedCollator(max_length=64)([{"input_ids": d} for d in docs]),
+              pad_packed_row(pack_sequences(docs[:3]), 8, 0), pad_packed_row(pack_sequences(docs[:1]), 8, 0)):
+        assert b["cu_seq_lens_host"] == tuple(b["cu_seq_lens_q"].tolist())
+        assert all(type(x) is int for x in b["cu_seq_lens_host"])

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 import torch
 
 IGNORE_INDEX = -100
-# Keys a model forward must not receive; trainers read them for accounting.
-NON_MODEL_KEYS = ("num_real_tokens", "spans", "num_pad_tokens")
+# Keys a model forward must not receive; trainers read them for accounting. `cu_seq_lens_host` is
+# cu_seq_lens_q as a tuple of ints: a trainer moving the batch to the GPU leaves it on the host, so
+# the model reads the boundaries without a device-to-host copy (a sync) at every forward.
+NON_MODEL_KEYS = ("num_real_tokens", "spans", "num_pad_tokens", "cu_seq_lens_host")
 
 
 def best_fit_decreasing(lengths: Sequence[int], max_len: int) -> list[list[int]]:
@@ -128,6 +130,7 @@ def pad_packed_row(batch: dict, multiple: int, pad_token_id: int) -> dict:
     p = -(-n // multiple) * multiple - n
     batch["num_pad_tokens"] = p
     if p == 0:
+        batch["cu_seq_lens_host"] = tuple(batch["cu_seq_lens_q"].tolist())
         return batch
 
     def cat(key, tail):
@@ -138,6 +141,7 @@ def pad_packed_row(batch: dict, multiple: int, pad_token_id: int) -> dict:
     cat("seq_idx", torch.full((p,), int(batch["seq_idx"][0, -1]) + 1))
     cu = torch.cat([batch["cu_seq_lens_q"], torch.tensor([n + p], dtype=batch["cu_seq_lens_q"].dtype)])
     batch["cu_seq_lens_q"], batch["cu_seq_lens_k"] = cu, cu.clone()
+    batch["cu_seq_lens_host"] = tuple(cu.tolist())
     batch["max_length_q"] = batch["max_length_k"] = max(int(batch["max_length_q"]), p)
     return batch
 
@@ -163,7 +167,7 @@ def pack_sequences(
     segment of its own (never a target, never seen by a real document).
 
     Returns input_ids, labels, position_ids, seq_idx ([1, N]), cu_seq_lens_q/k (int32, one
-    entry per segment + 1), max_length_q/k, num_real_tokens, and spans: [(start, end)] of each
+    entry per segment + 1) and cu_seq_lens_host (the same as ints), max_length_q/k, num_real_tokens, and spans: [(start, end)] of each
     input document in the row, so per-document sums (DPO logprobs) can be gathered back.
     """
     ids: list[int] = []
@@ -206,6 +210,7 @@ def pack_sequences(
         "seq_idx": torch.tensor([seg], dtype=torch.int32),
         "cu_seq_lens_q": cu_t,
         "cu_seq_lens_k": cu_t.clone(),
+        "cu_seq_lens_host": tuple(cu),
         "max_length_q": max(lens),
         "max_length_k": max(lens),
         "num_real_tokens": real,
@@ -288,6 +293,7 @@ def _stack_rows(packed: list[dict], width: int) -> dict:
         seq_idx=torch.cat(seg),
         cu_seq_lens_q=cu_t,
         cu_seq_lens_k=cu_t.clone(),
+        cu_seq_lens_host=tuple(cu_t.tolist()),
         max_length_q=max(p["max_length_q"] for p in packed),
         max_length_k=max(p["max_length_k"] for p in packed),
         num_real_tokens=sum(p["num_real_tokens"] for p in packed),

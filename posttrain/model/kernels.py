@@ -89,7 +89,8 @@ def fla_rms_norm_gated():
 
 
 def fla_chunk_indices(cu_seqlens: torch.Tensor, cu_seqlens_cpu: torch.Tensor, chunk_size: int = 64):
-    """fla's per-chunk (sequence, chunk) table, built once per forward instead of per layer."""
+    """fla's per-chunk (sequence, chunk) table, built once per forward instead of per layer, on
+    cu_seqlens' device (pass the host copy for both to build it on the host)."""
     from fla.ops.utils import prepare_chunk_indices
     return prepare_chunk_indices(cu_seqlens, chunk_size, cu_seqlens_cpu=cu_seqlens_cpu)
 

@@ -126,3 +126,22 @@ def test_packed_gradients_within_layout_noise(setup):
     err = rel(flat_grads(model), setup["g_alone"])
     print(f"\npacked grads rel error {err:.5f} vs noise {setup['grad_noise']:.5f}")
     assert err <= NOISE_FACTOR * setup["grad_noise"]
+
+
+def test_packed_forward_never_waits_for_the_gpu(setup):
+    """No host sync in a packed forward or its backward (torch's sync debug mode raises on one): a sync
+    empties the launch queue, and the GPU then idles while Python queues the next kernels. Before
+    2026-12-07 each forward's start made 4 (a boundary copy to the host, 3 pageable copies to the GPU)."""
+    batch = PackedCollator(max_length=3100)([{"input_ids": d.tolist()} for d in setup["docs"]])
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    labels = batch.pop("labels")
+    model = setup["patched"]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = model(**batch).logits
+        logits.float().logsumexp(-1).mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    model.zero_grad(set_to_none=True)
+    assert labels.shape == batch["input_ids"].shape
