@@ -187,7 +187,12 @@ def test_hf_engine_samples_are_a_function_of_the_job_not_of_the_trainer_thread()
         return {gr.idx: (gr.completion_ids, gr.logprobs) for gr in groups}
 
     quiet, busy = sample([0, 1, 2], False), sample([0, 1, 2], True)
-    assert quiet == busy
+    assert {i: ids for i, (ids, _) in quiet.items()} == {i: ids for i, (ids, _) in busy.items()}
+    # The same tokens; their logprobs only to float rounding: a trainer thread running ops meanwhile
+    # changes how the CPU's intra-op threads split the engine's reductions (2026-12-07: one in 1e7 differed).
+    for i in quiet:
+        flat = lambda lps: torch.tensor([x for row in lps for x in row])  # noqa: E731
+        torch.testing.assert_close(flat(busy[i][1]), flat(quiet[i][1]), rtol=1e-5, atol=1e-5)
     alone = sample([1], False)[1]  # alone or in an order of three: the batch shape moves only the last bits
     assert alone[0] == quiet[1][0]
     assert all(abs(a - b) < 1e-4 for x, y in zip(alone[1], quiet[1][1]) for a, b in zip(x, y))
