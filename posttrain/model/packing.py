@@ -139,7 +139,7 @@ def _pre_forward(module, args, kwargs):
     B, T = ref.shape[:2]
     device = ref.device
     # The collators' host copy spares a device-to-host copy, which syncs (torch.cuda sync debug
-    # mode counted 4 syncs at each forward's start on an H100, 2026-12-07; this is one of them).
+    # mode counted 3 syncs at each forward's start on an H100, 2026-12-07; this is one of them).
     if host is not None and len(host) == cu.numel():
         cu_cpu = torch.tensor(host, dtype=torch.long)
     else:
