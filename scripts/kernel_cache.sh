@@ -4,6 +4,9 @@
 # `SAVE_CACHE=1` tars the folder back through $OUT in 15 MiB parts (kcache.tgz.part-*); put them in
 # the ignored folder kernel-cache/ and name it in `carry`, and the next machine of the session
 # starts warm. Needs $out set. Defines save_cache.
+# A call carries 64 MiB at most, tree included: with `stage_gpu.sh train` the last wheel set (41 MB) and
+# these caches (~20 MB) do not fit one call (2026-12-07); copy that set to /tmp/gw in a call of its own,
+# then carry kernel-cache/ with the call that installs and runs.
 kc=${KERNEL_CACHE:-/tmp/posttrain-kernels}
 export TRITON_CACHE_DIR=$kc/triton TORCHINDUCTOR_CACHE_DIR=$kc/inductor TILELANG_CACHE_DIR=$kc/tilelang VLLM_CACHE_ROOT=$kc/vllm
 mkdir -p "$kc"
