@@ -266,6 +266,26 @@ def profile_step(model, opt, inputs, device, top: int = 25, fused_head: bool = F
     }
 
 
+def print_profile(prof: dict, what: str) -> None:
+    total = prof["total_ms"]
+    print(f"\n{what}, profiled: {total:.1f} ms of kernels")
+    for g, ms in prof["groups_ms"].items():
+        print(f"  {ms:9.2f} ms {100 * ms / total:5.1f}%  {g}")
+    if prof["gpu_idle"]:
+        gi = prof["gpu_idle"]
+        print(f"GPU idle {gi['idle_ms']:.1f} ms of a {gi['span_ms']:.1f} ms kernel span; gaps by the op after them:")
+        for g in gi["gaps"]:
+            print(f"  {g['ms']:9.2f} ms  x{g['count']:<5d} {g['before']}")
+        print(f"host syncs in one step ({sum(h['count'] for h in prof['host_syncs'])}):")
+        for h in prof["host_syncs"]:
+            print(f"  x{h['count']:<5d} {h['where']}")
+    rows = [("kernels", prof["top"]), ("aten ops by input shapes (the kernels they launched)", prof["top_ops"])]
+    for title, events in rows:
+        print(f"top {len(events)} {title}:")
+        for e in events:
+            print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']} {e.get('shapes', '')}".rstrip())
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=list(SIZES), default="1b")
@@ -356,23 +376,7 @@ def main(argv=None) -> dict:
         if mode in ("packed", "fused", "head") and args.profile:
             T = args.seq_lens[-1]  # batches are still this T's
             prof = profile_step(model, opt, batches[0], device, fused_head=mode == "head")
-            print(f"\none {mode} step at T={T}, profiled: {prof['total_ms']:.1f} ms of kernels")
-            for g, ms in prof["groups_ms"].items():
-                print(f"  {ms:9.2f} ms {100 * ms / prof['total_ms']:5.1f}%  {g}")
-            if prof["gpu_idle"]:
-                gi = prof["gpu_idle"]
-                print(f"GPU idle {gi['idle_ms']:.1f} ms of a {gi['span_ms']:.1f} ms kernel span; gaps by the op after them:")
-                for g in gi["gaps"]:
-                    print(f"  {g['ms']:9.2f} ms  x{g['count']:<5d} {g['before']}")
-                print(f"host syncs in one step ({sum(h['count'] for h in prof['host_syncs'])}):")
-                for h in prof["host_syncs"]:
-                    print(f"  x{h['count']:<5d} {h['where']}")
-            print(f"top {len(prof['top'])} kernels:")
-            for e in prof["top"]:
-                print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']}")
-            print(f"top {len(prof['top_ops'])} aten ops by input shapes (the kernels they launched):")
-            for e in prof["top_ops"]:
-                print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']} {e['shapes']}")
+            print_profile(prof, f"one {mode} step at T={T}")
             results.append({"mode": mode, "seq_len": T, "profile": prof})
 
     out["ratios"] = ratios(results)
