@@ -283,7 +283,8 @@ def print_profile(prof: dict, what: str) -> None:
     for title, events in rows:
         print(f"top {len(events)} {title}:")
         for e in events:
-            print(f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']} {e.get('shapes', '')}".rstrip())
+            line = f"  {e['ms']:9.2f} ms {100 * e['share']:5.1f}%  x{e['calls']:<5d} {e['name']} {e.get('shapes', '')}"
+            print(line.rstrip())
 
 
 def main(argv=None) -> dict:

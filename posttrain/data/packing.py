@@ -167,8 +167,9 @@ def pack_sequences(
     segment of its own (never a target, never seen by a real document).
 
     Returns input_ids, labels, position_ids, seq_idx ([1, N]), cu_seq_lens_q/k (int32, one
-    entry per segment + 1) and cu_seq_lens_host (the same as ints), max_length_q/k, num_real_tokens, and spans: [(start, end)] of each
-    input document in the row, so per-document sums (DPO logprobs) can be gathered back.
+    entry per segment + 1) and cu_seq_lens_host (the same as ints), max_length_q/k, num_real_tokens,
+    and spans: [(start, end)] of each input document in the row, so per-document sums (DPO logprobs)
+    can be gathered back.
     """
     ids: list[int] = []
     tgt: list[int] = []
