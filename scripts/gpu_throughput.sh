@@ -35,6 +35,11 @@ sft() {  # NAME LIMIT_S overrides...: the SFT stage of the 7B throughput recipe,
   du -sh "$kc"/* 2>/dev/null
   rm -rf "/tmp/run-$name/sft/model" /tmp/run-"$name"/.work/*/model  # 15 GB each: the disk is 64 GB
 }
+head7b() {  # NAME args...: packing.py's head mode on 8 of the 7B's layers at 8K, into $out/NAME.{json,log}
+  local name=$1; shift
+  timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 "$@" \
+      --out "$out/$name.json" > "$out/$name.log" 2>&1 || rc=1
+}
 for what in "$@"; do
   case $what in
     parity)
@@ -47,18 +52,14 @@ for what in "$@"; do
           --out "$out/packing_16k.json" > "$out/packing_16k.log" 2>&1 || rc=1
       tail -n 16 "$out/packing_16k.log" ;;
     profile7b)  # where an 8K step of the 7B's layers spends its kernel time (8 of its 32 layers)
-      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
-          --profile --out "$out/profile_7b8l_8k.json" > "$out/profile_7b8l_8k.log" 2>&1 || rc=1
+      head7b profile_7b8l_8k --profile
       grep -A 60 "profiled" "$out/profile_7b8l_8k.log" | cut -c1-240 ;;
-    idle)  # GPU idle and host syncs of a head step (7B widths, 8K), then the same step with the pre-2026-12-07 sync
-      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
-          --steps 12 --warmup 2 --profile --out "$out/idle_7b8l_8k.json" > "$out/idle_7b8l_8k.log" 2>&1 || rc=1
+    idle)  # GPU idle and host syncs of that step, then the same step with the pre-2026-12-07 sync, then again
+      head7b idle_7b8l_8k --steps 12 --warmup 2 --profile
       grep -A 12 "GPU idle" "$out/idle_7b8l_8k.log" | cut -c1-240; grep "^| head" "$out/idle_7b8l_8k.log"
-      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
-          --steps 12 --warmup 2 --host-sync --out "$out/idle_7b8l_8k_hostsync.json" > "$out/idle_7b8l_8k_hostsync.log" 2>&1 || rc=1
+      head7b idle_7b8l_8k_hostsync --steps 12 --warmup 2 --host-sync
       grep "^| head" "$out/idle_7b8l_8k_hostsync.log" | sed 's/^/host-sync baseline: /'
-      timeout -k 10 "${PROFILE_S:-400}" python3 benchmarks/packing.py --size 7b-8l --modes head --seq-lens 8192 \
-          --steps 12 --warmup 2 --out "$out/idle_7b8l_8k_again.json" > "$out/idle_7b8l_8k_again.log" 2>&1 || rc=1
+      head7b idle_7b8l_8k_again --steps 12 --warmup 2
       grep "^| head" "$out/idle_7b8l_8k_again.log" | sed 's/^/no sync, again: /'
       timeout -k 10 "${PARITY_S:-240}" python3 -m pytest tests/gpu/test_packing_gpu.py -m gpu -q -p no:cacheprovider \
           > "$out/gpu_packing_tests.log" 2>&1 || rc=1

@@ -129,20 +129,17 @@ def pad_packed_row(batch: dict, multiple: int, pad_token_id: int) -> dict:
     n = batch["input_ids"].shape[1]
     p = -(-n // multiple) * multiple - n
     batch["num_pad_tokens"] = p
-    if p == 0:
-        batch["cu_seq_lens_host"] = tuple(batch["cu_seq_lens_q"].tolist())
-        return batch
-
-    def cat(key, tail):
-        batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)[None]], dim=1)
-    cat("input_ids", torch.full((p,), pad_token_id))
-    cat("labels", torch.full((p,), IGNORE_INDEX))
-    cat("position_ids", torch.arange(p))
-    cat("seq_idx", torch.full((p,), int(batch["seq_idx"][0, -1]) + 1))
-    cu = torch.cat([batch["cu_seq_lens_q"], torch.tensor([n + p], dtype=batch["cu_seq_lens_q"].dtype)])
-    batch["cu_seq_lens_q"], batch["cu_seq_lens_k"] = cu, cu.clone()
-    batch["cu_seq_lens_host"] = tuple(cu.tolist())
-    batch["max_length_q"] = batch["max_length_k"] = max(int(batch["max_length_q"]), p)
+    if p:
+        def cat(key, tail):
+            batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)[None]], dim=1)
+        cat("input_ids", torch.full((p,), pad_token_id))
+        cat("labels", torch.full((p,), IGNORE_INDEX))
+        cat("position_ids", torch.arange(p))
+        cat("seq_idx", torch.full((p,), int(batch["seq_idx"][0, -1]) + 1))
+        cu = torch.cat([batch["cu_seq_lens_q"], torch.tensor([n + p], dtype=batch["cu_seq_lens_q"].dtype)])
+        batch["cu_seq_lens_q"], batch["cu_seq_lens_k"] = cu, cu.clone()
+        batch["max_length_q"] = batch["max_length_k"] = max(int(batch["max_length_q"]), p)
+    batch["cu_seq_lens_host"] = tuple(batch["cu_seq_lens_q"].tolist())
     return batch
 
 

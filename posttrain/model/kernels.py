@@ -88,11 +88,11 @@ def fla_rms_norm_gated():
     return rms_norm_gated
 
 
-def fla_chunk_indices(cu_seqlens: torch.Tensor, cu_seqlens_cpu: torch.Tensor, chunk_size: int = 64):
-    """fla's per-chunk (sequence, chunk) table, built once per forward instead of per layer, on
-    cu_seqlens' device (pass the host copy for both to build it on the host)."""
+def fla_chunk_indices(cu_seqlens_cpu: torch.Tensor, chunk_size: int = 64):
+    """fla's per-chunk (sequence, chunk) table, built once per forward instead of per layer, on the
+    host (the caller moves it to the GPU without a sync)."""
     from fla.ops.utils import prepare_chunk_indices
-    return prepare_chunk_indices(cu_seqlens, chunk_size, cu_seqlens_cpu=cu_seqlens_cpu)
+    return prepare_chunk_indices(cu_seqlens_cpu, chunk_size, cu_seqlens_cpu=cu_seqlens_cpu)
 
 
 def flash_attn_available() -> bool:

@@ -154,7 +154,7 @@ def _pre_forward(module, args, kwargs):
         max_len=max(b - a for a, b in bounds), kernels=kern,
     )
     if kern["gdn"] == K.GDN_FLA:
-        ctx.chunk_indices = _to_device(K.fla_chunk_indices(cu_cpu, cu_cpu), device)
+        ctx.chunk_indices = _to_device(K.fla_chunk_indices(cu_cpu), device)
     # Boundaries come from cu_seq_lens alone; seq_idx would trip the stock kernels' guards.
     kwargs.pop("seq_idx", None)
     if kern["attention"] == K.ATTN_FLEX or kwargs.get("position_ids") is None:

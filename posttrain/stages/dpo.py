@@ -196,8 +196,7 @@ class CachedRefDPOTrainer(DPOTrainer):
         from posttrain.data.packing import document_logps
         keys = ("input_ids", "position_ids", "seq_idx", "cu_seq_lens_q", "cu_seq_lens_k", "cu_seq_lens_host",
                 "max_length_q", "max_length_k")
-        out = model(**{k: batch[k] for k in keys if k in batch}, labels=batch["labels"], use_cache=False,
-                    fused_lm_head=True)
+        out = model(**{k: batch[k] for k in keys}, labels=batch["labels"], use_cache=False, fused_lm_head=True)
         return document_logps(out.log_probs, batch["labels"], batch["spans"])
 
     def compute_ref_log_probs(self, model, inputs):
