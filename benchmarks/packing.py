@@ -301,8 +301,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--host-sync", action="store_true",
                     help="drop the batches' host copy of the boundaries, so each forward copies them from the GPU "
                          "(a sync), as before 2026-12-07: the baseline for that change")
-    ap.add_argument("--stock-rotary", action="store_true",
-                    help="fused modes keep transformers' rotary code (the baseline for fla's rotary, 2026-12-07)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "packing.json"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -345,7 +343,7 @@ def main(argv=None) -> dict:
             print("packed kernels:", report)
         if mode in ("fused", "head") and not fused:
             from posttrain.model.fused import fuse_layers
-            print("fused layers:", fuse_layers(model, rotary=not args.stock_rotary))
+            print("fused layers:", fuse_layers(model))
             fused = True
         if mode == "head":
             from trl.trainer.utils import add_fused_lm_head

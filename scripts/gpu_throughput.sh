@@ -6,7 +6,6 @@
 #   bash scripts/gpu_throughput.sh sft32k   # 7B SFT stage at 32K rows, gradient checkpointing
 #   bash scripts/gpu_throughput.sh profile7b  # kernel-time table of one 8K step on 8 of the 7B's layers
 #   bash scripts/gpu_throughput.sh idle     # GPU idle / host syncs of that step, A/B against the old sync, GPU packing tests
-#   bash scripts/gpu_throughput.sh rotary   # that step with fla's rotary vs the stock rotary (A/B/A), fused-layer parity
 # Several at once: bash scripts/gpu_throughput.sh sft8k parity. Each part has its own time limit so
 # that one device call (600 s) still returns what finished. Logs and JSON go to $OUT, else
 # benchmarks/results. Needs `../shared/device/stage-wheels.sh train` installed into /tmp/site.
@@ -65,14 +64,6 @@ for what in "$@"; do
       timeout -k 10 "${PARITY_S:-240}" python3 -m pytest tests/gpu/test_packing_gpu.py -m gpu -q -p no:cacheprovider \
           > "$out/gpu_packing_tests.log" 2>&1 || rc=1
       tail -n 25 "$out/gpu_packing_tests.log" | cut -c1-300 ;;
-    rotary)  # fla's rotary (the default) against the stock rotary on that step: A, B, A; then the fp32 parity test
-      head7b rotary_7b8l_8k --steps 12 --warmup 2
-      head7b rotary_7b8l_8k_stock --steps 12 --warmup 2 --stock-rotary
-      head7b rotary_7b8l_8k_again --steps 12 --warmup 2
-      for r in rotary_7b8l_8k rotary_7b8l_8k_stock rotary_7b8l_8k_again; do grep "^| head" "$out/$r.log" | sed "s/^/$r: /"; done
-      timeout -k 10 "${PARITY_S:-240}" python3 -m pytest tests/gpu/test_fused_layers.py -m gpu -q -s -p no:cacheprovider \
-          > "$out/gpu_fused_parity.log" 2>&1 || rc=1
-      grep -E "rel. error|ratio|x  fused|passed|failed|Error|error" "$out/gpu_fused_parity.log" | cut -c1-300 ;;
     sft8k)
       sft sft8k_cold "${COLD_S:-340}" stages.sft.max_steps=10
       sft sft8k_warm "${WARM_S:-190}" stages.sft.max_steps=5 ;;

@@ -1,4 +1,4 @@
-"""fla's one-pass RMSNorm, SwiGLU and rotary kernels in place of the stock OlmoHybrid torch code, on CUDA.
+"""fla's one-pass RMSNorm and SwiGLU kernels in place of the stock OlmoHybrid torch code, on CUDA.
 
 Why: a profile of a packed 16K SFT step (1.36B, benchmarks/RESULTS.md) put 39% of kernel time in
 torch elementwise/reduce kernels, the stock model's fp32 RMSNorms and SiLU(gate) x up among them:
@@ -19,17 +19,6 @@ Numerics (read against transformers 5.23 `OlmoHybridRMSNorm` / `OlmoHybridMLP` a
   SiLU(gate) * up in fp32 and rounds once. So fused is *closer* to fp32 than stock, and its distance
   from the stock model is not a layout-noise-sized number: the GPU test judges both against the same
   model in fp32 (tests/gpu/test_fused_layers.py).
-- Rotary (attention layers): the stock code rounds q*cos, rotate_half(q)*sin and their sum to bf16
-  in turn (six kernels a tensor forward, slices whose backward allocates and fills); fla's
-  `rotary_embedding` computes the same rotation in fp32 and rounds once, forward and backward. It is
-  fed the cos/sin transformers already computed, one row per token: a batch is flattened to one
-  sequence of B*T tokens whose cache row t is token t's own cos/sin, so packed rows (positions that
-  restart at each document), left padding and any rope scaling get exactly the stock angles, and no
-  position bookkeeping or host sync is needed. transformers calls `apply_rotary_pos_emb` as a module
-  global, so that global becomes a dispatcher, and only an attention layer of a fused model turns the
-  fla path on (a context variable set by its forward): a stock model in the same process keeps the
-  stock code. Measured (7B widths, 8K, H100): the rotary `mul`/`cat` kernels and the slices' backward
-  fills were ~4-6 ms of a 235 ms step (benchmarks/RESULTS.md, 2026-12-07).
 
 On by default on CUDA (`model.fused_layers: false` opts out) since that test passed on an H200 on
 2026-12-01: fused bf16 logits are 0.989x, and all gradients 0.992x, as far from fp32 as stock bf16's
@@ -40,13 +29,9 @@ with it (issue 22; benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import contextvars
 import types
 
 import torch
-
-# fla's rotary_embedding while a fused attention layer's forward runs, else None
-_ROTARY = contextvars.ContextVar("posttrain_fused_rotary", default=None)
 
 
 def _rms_norm_forward(rms_norm):
@@ -65,77 +50,29 @@ def _swiglu_mlp_forward(swiglu):
     return forward
 
 
-def _attention_forward(rotary):
-    def forward(self, *args, **kwargs):
-        token = _ROTARY.set(rotary)
-        try:
-            return type(self).forward(self, *args, **kwargs)
-        finally:
-            _ROTARY.reset(token)
-    return forward
-
-
-def rotate_flat(rotary, q, k, cos, sin):
-    """q, k: [B, H, T, D] (transformers' attention layout, views of [B, T, H, D] projections); cos,
-    sin: [B, T, D] with equal halves. Each of q and k goes through `rotary(x [1, B*T, H, D],
-    cos [B*T, D/2], sin)` (fla's contract: cache row t rotates token t) and comes back as [B, H, T, D]."""
-    B, _, T, D = q.shape
-    c, s = cos.reshape(B * T, D)[:, : D // 2], sin.reshape(B * T, D)[:, : D // 2]
-
-    def one(x):
-        y = rotary(x.transpose(1, 2).reshape(1, B * T, x.shape[1], D), c, s)
-        return y.view(B, T, x.shape[1], D).transpose(1, 2)
-    return one(q), one(k)
-
-
-def _install_rotary_dispatch():
-    """Make transformers' module-global `apply_rotary_pos_emb` take fla's kernel while `_ROTARY` is set
-    and the call is one it covers; every other call (CPU, a stock model, partial rotary, another
-    layout or dtype) runs the stock function unchanged. Idempotent."""
-    import transformers.models.olmo_hybrid.modeling_olmo_hybrid as modeling
-    stock = modeling.apply_rotary_pos_emb
-    if getattr(stock, "posttrain_stock", None) is not None:
-        return
-
-    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
-        rotary = _ROTARY.get()
-        if (rotary is None or not q.is_cuda or unsqueeze_dim != 1 or q.dim() != 4 or cos.dim() != 3
-                or cos.shape[-1] != q.shape[-1] or not (q.dtype == k.dtype == cos.dtype == sin.dtype)):
-            return stock(q, k, cos, sin, unsqueeze_dim)
-        return rotate_flat(rotary, q, k, cos, sin)
-    apply_rotary_pos_emb.posttrain_stock = stock
-    modeling.apply_rotary_pos_emb = apply_rotary_pos_emb
-
-
 def _fla_forwards():
     """fla's kernels bound into replacement forwards. On a CPU-only machine fla's kernels cannot be
     imported (no triton); the forwards then only ever take their CPU branch."""
     try:
         from fla.modules.activations import swiglu
         from fla.modules.norm.layernorm import rms_norm
-        from fla.modules.rotary import rotary_embedding
     except Exception:  # ImportError, or triton missing inside fla's import
         if torch.cuda.is_available():
             raise
-        rms_norm = swiglu = rotary_embedding = None
-    return _rms_norm_forward(rms_norm), _swiglu_mlp_forward(swiglu), _attention_forward(rotary_embedding)
+        rms_norm = swiglu = None
+    return _rms_norm_forward(rms_norm), _swiglu_mlp_forward(swiglu)
 
 
-def fuse_layers(model, rotary: bool = True) -> dict[str, int]:
-    """Swap the stock RMSNorm, SiLU-gated MLP and rotary code of an OlmoHybrid model for fla's fused
+def fuse_layers(model) -> dict[str, int]:
+    """Swap the stock RMSNorm and SiLU-gated MLP forwards of an OlmoHybrid model for fla's fused
     kernels, in place; returns how many modules of each kind were swapped. CUDA tensors run fla's
-    kernels, CPU tensors the stock code. rotary=False keeps the stock rotary (the benchmark's A/B)."""
-    from transformers.models.olmo_hybrid.modeling_olmo_hybrid import (
-        OlmoHybridAttention,
-        OlmoHybridMLP,
-        OlmoHybridRMSNorm,
-    )
+    kernels, CPU tensors the stock code."""
+    from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridMLP, OlmoHybridRMSNorm
     act = getattr(model.config, "hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ValueError(f"fused_layers: the fused MLP is SiLU-gated, this model's hidden_act is {act!r}")
-    norm_fwd, mlp_fwd, attn_fwd = _fla_forwards()
-    _install_rotary_dispatch()
-    counts = {"rms_norm": 0, "mlp": 0, "rotary": 0}
+    norm_fwd, mlp_fwd = _fla_forwards()
+    counts = {"rms_norm": 0, "mlp": 0}
     for m in model.modules():
         if type(m) is OlmoHybridRMSNorm:  # exact type: the gated GDN output norm has its own fla path
             m.forward = types.MethodType(norm_fwd, m)
@@ -143,7 +80,4 @@ def fuse_layers(model, rotary: bool = True) -> dict[str, int]:
         elif type(m) is OlmoHybridMLP:
             m.forward = types.MethodType(mlp_fwd, m)
             counts["mlp"] += 1
-        elif type(m) is OlmoHybridAttention and rotary:
-            m.forward = types.MethodType(attn_fwd, m)
-            counts["rotary"] += 1
     return counts
