@@ -156,6 +156,38 @@ def _one_step(model, opt, inputs, fused_head: bool) -> None:
         opt.zero_grad(set_to_none=True)
 
 
+def phase_pace(model, opt, inputs, fused_head: bool, device) -> dict:
+    """Per phase of one step (forward, backward, optimizer), the host's time to queue it and the GPU's
+    time to run it, in ms. Each phase starts on an empty queue (a sync before it), so a host time at or
+    above the GPU's means the host set that phase's pace: each kernel ran as soon as it was queued, and
+    a faster kernel would not have shortened the phase. (On CPU the two are one clock.)
+
+    Why: a 7B-width step idled the GPU ~10% of its span in short gaps before fla's GDN forward and
+    other small launches (2026-12-07); whether that is the forward being launch-bound throughout or
+    only at its start decides between cutting host work and anything else."""
+    import time
+
+    cuda = device.type == "cuda"
+    out, state = {}, {}
+    phases = (("forward", lambda: state.__setitem__("loss", model(
+                  **inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss)),
+              ("backward", lambda: state["loss"].backward()),
+              ("optimizer", lambda: (opt.step(), opt.zero_grad(set_to_none=True))))
+    for name, fn in phases:
+        if cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        fn()
+        host = (time.perf_counter() - t0) * 1e3
+        if cuda:
+            end.record()
+            torch.cuda.synchronize()
+        out[name] = {"host_ms": host, "device_ms": start.elapsed_time(end) if cuda else host}
+    return out
+
+
 def _launcher(event, by_id: dict) -> str:
     """The CPU op that launched a kernel and, after `<<`, the outermost op it ran under:
     `aten::mm < aten::linear << autograd::engine::evaluate_function: MmBackward0`."""
@@ -258,6 +290,7 @@ def profile_step(model, opt, inputs, device, top: int = 25, fused_head: bool = F
         "total_ms": total / 1e3,
         "gpu_idle": gpu_gaps(prof.events()) if cuda else None,
         "host_syncs": host_syncs(lambda: _one_step(model, opt, inputs, fused_head)) if cuda else None,
+        "pace": phase_pace(model, opt, inputs, fused_head, device),
         "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
         "top": [{"name": e.key[:100], "calls": e.count, "ms": getattr(e, key) / 1e3,
                  "share": getattr(e, key) / total} for e in rows],
@@ -279,6 +312,9 @@ def print_profile(prof: dict, what: str) -> None:
         print(f"host syncs in one step ({sum(h['count'] for h in prof['host_syncs'])}):")
         for h in prof["host_syncs"]:
             print(f"  x{h['count']:<5d} {h['where']}")
+    print("host time to queue / device time to run each phase, from an empty queue (host >= device: launch-bound):")
+    for name, p in prof["pace"].items():
+        print(f"  {name:10s} host {p['host_ms']:8.2f} ms  device {p['device_ms']:8.2f} ms  ({p['host_ms'] / max(p['device_ms'], 1e-9):.2f}x)")
     rows = [("kernels", prof["top"]), ("aten ops by input shapes (the kernels they launched)", prof["top_ops"])]
     for title, events in rows:
         print(f"top {len(events)} {title}:")

@@ -187,6 +187,9 @@ def test_packing_profile_lists_kernel_groups_and_ops_by_shape(tmp_path):
     assert prof["total_ms"] > 0 and prof["top"] and prof["top_ops"]
     assert abs(sum(prof["groups_ms"].values()) - prof["total_ms"]) < 1e-6 * max(1.0, prof["total_ms"]) + 1e-3
     assert all(op["name"].startswith("aten::") and "shapes" in op for op in prof["top_ops"])
+    # one step's phases, each timed by the host; on CPU the device clock is the host's
+    assert list(prof["pace"]) == ["forward", "backward", "optimizer"]
+    assert all(p["host_ms"] > 0 and p["device_ms"] == p["host_ms"] for p in prof["pace"].values())
 
 
 def test_gpu_gaps_sums_idle_and_names_the_op_after_each_gap():
