@@ -144,16 +144,25 @@ KERNEL_GROUPS = [  # coarse buckets for "where does the step go"; first match wi
 ]
 
 
+def _phases(model, opt, inputs, fused_head: bool):
+    """One training step as (name, run) pairs, in order."""
+    state = {}
+
+    def forward():
+        state["loss"] = model(**inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss
+
+    def optimizer():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return (("forward", forward), ("backward", lambda: state["loss"].backward()), ("optimizer", optimizer))
+
+
 def _one_step(model, opt, inputs, fused_head: bool) -> None:
     from torch.profiler import record_function
 
-    with record_function("step: forward"):
-        loss = model(**inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss
-    with record_function("step: backward"):
-        loss.backward()
-    with record_function("step: optimizer"):
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    for name, run in _phases(model, opt, inputs, fused_head):
+        with record_function(f"step: {name}"):  # gpu_gaps names gaps by these
+            run()
 
 
 def phase_pace(model, opt, inputs, fused_head: bool, device) -> dict:
@@ -168,18 +177,14 @@ def phase_pace(model, opt, inputs, fused_head: bool, device) -> dict:
     import time
 
     cuda = device.type == "cuda"
-    out, state = {}, {}
-    phases = (("forward", lambda: state.__setitem__("loss", model(
-                  **inputs, use_cache=False, **({"fused_lm_head": True} if fused_head else {})).loss)),
-              ("backward", lambda: state["loss"].backward()),
-              ("optimizer", lambda: (opt.step(), opt.zero_grad(set_to_none=True))))
-    for name, fn in phases:
+    out = {}
+    for name, run in _phases(model, opt, inputs, fused_head):
         if cuda:
             torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
         t0 = time.perf_counter()
-        fn()
+        run()
         host = (time.perf_counter() - t0) * 1e3
         if cuda:
             end.record()
