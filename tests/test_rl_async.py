@@ -116,14 +116,14 @@ def reward_len(completions, **kw):
     return [float(len(c[-1]["content"]) % 3) for c in completions]
 
 
-def test_hf_engine_logprobs_match_the_trainer_and_tis_corrects_the_lag(tmp_path):
-    """At lag 0 the engine's logprobs are the trainer's (ratio 1); after a weight change the next
-    step's groups, sampled a step earlier, are 1 version stale and TIS sees it."""
+def _async_hf_trainer(tmp_path, micro_batches: int = 1):
+    """A tiny async GRPO trainer on the HF engine (TIS on, as with vLLM), `micro_batches` a step."""
     tok = build_tiny_tokenizer("olmo-think")
     model = build_tiny_model(tok, seed=0)
     rows = [{"prompt": [{"role": "user", "content": f"what is {i} + {i}?"}]} for i in range(12)]
-    args = GRPOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=2 * G, num_generations=G,
-                      steps_per_generation=1, max_completion_length=8, beta=0.0, loss_type="dapo",
+    args = GRPOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=2 * G // micro_batches,
+                      gradient_accumulation_steps=micro_batches, num_generations=G,
+                      steps_per_generation=micro_batches, max_completion_length=8, beta=0.0, loss_type="dapo",
                       scale_rewards="none", report_to=[], use_cpu=True, bf16=False, learning_rate=1e-3,
                       temperature=0.7, log_completions=False, vllm_importance_sampling_mode="token_truncate",
                       vllm_importance_sampling_clip_max=2.0)
@@ -135,27 +135,93 @@ def test_hf_engine_logprobs_match_the_trainer_and_tis_corrects_the_lag(tmp_path)
                            processing_class=tok, queue=q, prompt_rows=rows, active=False, solve_threshold=1.0,
                            rollout_func=async_stage.from_producer)
     prod = async_stage.attach(tr, st, q, rows, tok, tmp_path, resume_step=0)
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = micro_batches
+    return tr, prod
+
+
+def _stale_batch(tr) -> dict:
+    """Step 1's rollouts: sampled by version 0 (the producer ran a step ahead), trained at version 1."""
+    tr._generate_and_score_completions([{}] * (2 * G))
+    with torch.no_grad():  # a training step happened
+        for p in tr.model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    tr.state.global_step = 1
+    return tr._generate_and_score_completions([{}] * (2 * G))
+
+
+def _step_gap(tr) -> dict:
+    gap, tr._gap = tr._gap, None
+    return gap.finish(tr.accelerator.gather)
+
+
+def test_hf_engine_logprobs_match_the_trainer_and_tis_corrects_the_lag(tmp_path):
+    """At lag 0 the engine's logprobs are the trainer's (ratio 1); after a weight change the next
+    step's groups, sampled a step earlier, are 1 version stale and TIS sees it. The ratio comes from
+    the training forward: the batch has no old log-probs (stages/rl_tis.py)."""
+    torch.manual_seed(0)
+    tr, prod = _async_hf_trainer(tmp_path)
     try:
-        tr.model.train()
-        tr.current_gradient_accumulation_steps = 1
+        assert tr.tis_in_loss()
         batch = tr._generate_and_score_completions([{}] * (2 * G))
-        assert "importance_sampling_ratio" in batch  # TIS is on with the HF engine
+        assert "old_per_token_logps" not in batch and "importance_sampling_ratio" not in batch
+        tr._compute_loss(tr.model, batch)
         mask = batch["completion_mask"].bool()
-        gap = (batch["old_per_token_logps"] - batch["sampling_per_token_logps"])[mask].abs()
-        assert gap.max() < 1e-4, gap.max()
+        assert (batch["importance_sampling_ratio"][mask] - 1).abs().max() < 1e-4  # TIS is on with the HF engine
+        m0 = _step_gap(tr)
+        assert m0["async/abs_logp_diff_lag0"] < 1e-4 and "async/abs_logp_diff_lag1" not in m0
         with torch.no_grad():  # a training step happened
             for p in tr.model.parameters():
                 p.add_(torch.randn_like(p) * 0.02)
         tr.state.global_step = 1
         batch = tr._generate_and_score_completions([{}] * (2 * G))
-        mask = batch["completion_mask"].bool()
-        gap = (batch["old_per_token_logps"] - batch["sampling_per_token_logps"])[mask].abs()
-        assert gap.mean() > 1e-3  # sampled by version 0, scored by version 1
-        m = tr._metrics["train"]
-        assert m["async/staleness_max"][-1] == 1.0 and m["async/kl_k3_lag1"][-1] > 0
-        assert batch["importance_sampling_ratio"].max() <= 2.0
+        assert batch["rollout_lag"].tolist() == [1] * (2 * G)
+        tr._compute_loss(tr.model, batch)
+        m1 = _step_gap(tr)
+        assert m1["async/abs_logp_diff_lag1"] > 1e-3 and m1["async/kl_k3_lag1"] > 0  # sampled by 0, scored by 1
+        assert m1["sampling/sampling_logp_difference/mean"] == pytest.approx(m1["async/abs_logp_diff_lag1"])
+        assert tr._metrics["train"]["async/staleness_max"][-1] == 1.0
+        assert batch["importance_sampling_ratio"].max() <= 2.0 and m1["sampling/importance_sampling_ratio/max"] <= 2.0
         lines = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
         assert [(x["step"], x["version"]) for x in lines] == [(0, 0)] * 2 + [(1, 0)] * 2
+    finally:
+        prod.close()
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_tis_from_the_training_forward_is_trls_old_logprob_pass(tmp_path, monkeypatch, micro_batches):
+    """The same stale batch trained both ways: TRL's extra old-logprob forward at generation, and
+    the ratio filled in from the training forward. Ratio, loss, every gradient and the logged gap
+    agree; one micro-batch or two."""
+    torch.manual_seed(0)
+    tr, prod = _async_hf_trainer(tmp_path, micro_batches)
+    try:
+        monkeypatch.setattr(tr, "tis_in_loss", lambda: False)
+        batch = _stale_batch(tr)
+        trl_gap = tr._metrics["train"]["sampling/sampling_logp_difference/mean"][-1]
+        monkeypatch.undo()
+        assert "old_per_token_logps" in batch and tr.tis_in_loss()
+
+        def step(b):
+            tr.model.zero_grad()
+            n = len(b["advantages"]) // micro_batches
+            parts = [{k: (v[i * n:(i + 1) * n] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in b.items()}
+                     for i in range(micro_batches)]
+            loss = sum(tr._compute_loss(tr.model, p) for p in parts)
+            loss.backward()
+            return loss.item(), [p.grad.clone() for p in tr.model.parameters()], parts
+
+        loss_a, grads_a, parts_a = step(batch)
+        ours = {k: v for k, v in batch.items() if k not in ("old_per_token_logps", "importance_sampling_ratio")}
+        loss_b, grads_b, parts_b = step(ours)
+        ratio_a = torch.cat([p["importance_sampling_ratio"] for p in parts_a])
+        ratio_b = torch.cat([p["importance_sampling_ratio"] for p in parts_b])
+        assert (ratio_a - 1).abs().max() > 1e-3  # the lag is there to correct
+        torch.testing.assert_close(ratio_b, ratio_a, rtol=1e-5, atol=1e-6)
+        assert loss_b == pytest.approx(loss_a, rel=1e-5, abs=1e-7)
+        for a, b in zip(grads_a, grads_b):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+        assert _step_gap(tr)["sampling/sampling_logp_difference/mean"] == pytest.approx(trl_gap, rel=1e-4)
     finally:
         prod.close()
 

@@ -20,6 +20,8 @@ METHODS = [
     ("trl:GRPOTrainer", "training_step"),
     ("trl:GRPOTrainer", "_save_checkpoint"),
     ("trl:GRPOTrainer", "log"),
+    ("trl:GRPOTrainer", "_compute_loss"),                  # stages/rl.py: TIS from the training forward
+    ("trl:GRPOTrainer", "_get_per_token_logps_and_entropies"),
     ("transformers.models.olmo_hybrid.modeling_olmo_hybrid:OlmoHybridGatedDeltaNet", "forward"),  # model/packing.py
 ]
 # The same parameters as the parent, where posttrain's override names them.
@@ -32,6 +34,7 @@ OVERRIDES = [
     ("posttrain.stages.rl:ActiveGRPOTrainer", "_generate_and_score_completions"),
     ("posttrain.stages.rl:ActiveGRPOTrainer", "_save_checkpoint"),
     ("posttrain.stages.rl:ActiveGRPOTrainer", "log"),
+    ("posttrain.stages.rl:ActiveGRPOTrainer", "_compute_loss"),
     ("posttrain.model.packing:PackedGatedDeltaNet", "forward"),
 ]
 # Attributes the trainers set on themselves that posttrain reads or writes.
@@ -42,6 +45,8 @@ INSTANCE_ATTRIBUTES = [
     ("trl:GRPOTrainer", "_step"), ("trl:GRPOTrainer", "_metrics"),
     ("trl:GRPOTrainer", "current_gradient_accumulation_steps"),
     ("trl:GRPOTrainer", "_last_loaded_step"), ("trl:GRPOTrainer", "use_vllm"),  # rollout/async_stage.py
+    ("trl:GRPOTrainer", "vllm_importance_sampling_correction"), ("trl:GRPOTrainer", "vllm_importance_sampling_mode"),
+    ("trl:GRPOTrainer", "vllm_importance_sampling_clip_max"), ("trl:GRPOTrainer", "num_iterations"),  # stages/rl_tis.py
 ]
 # Module-level names posttrain imports or patches.
 NAMES = [

@@ -37,6 +37,7 @@ from posttrain.recipe import GRPOStage
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
 from posttrain.stages.registry import Geometry, accumulation
 from posttrain.stages.rl_batch import cat_batches, refill_size, rollout_gap, select_rows, step_time_split
+from posttrain.stages.rl_tis import GapStats, tis_ratio
 from posttrain.stages.rl_trim import REGROUP_SAFE, regroup_by_length, trimmed_logps
 from reward.health import check_crashes
 
@@ -97,6 +98,8 @@ class ActiveGRPOTrainer(GRPOTrainer):
         self._new_tokens = 0  # this process's completion tokens since the last gather
         self.rollouts = None  # async RL: a RolloutProducer (rollout/async_stage.attach)
         self._groups = []  # the producer's groups for the round TRL is scoring (read by its rollout_func)
+        self._loss_inputs = None  # the micro-batch whose TIS ratio the training forward will fill (rl_tis)
+        self._gap = None  # GapStats of the optimizer step in progress
         if self.use_vllm:
             sync = self.vllm_generation.sync_weights
 
@@ -123,8 +126,39 @@ class ActiveGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False, **extra):
-        return trimmed_logps(super()._get_per_token_logps_and_entropies, model, input_ids, attention_mask,
-                             logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra)
+        out = trimmed_logps(super()._get_per_token_logps_and_entropies, model, input_ids, attention_mask,
+                            logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra)
+        pending, self._loss_inputs = self._loss_inputs, None
+        if pending is not None:  # the training forward of a micro-batch that has no TIS ratio yet
+            self._fill_tis(pending, out[0].detach())
+        return out
+
+    def tis_in_loss(self) -> bool:
+        """TIS from the training forward instead of TRL's old-logprob pass (stages/rl_tis.py): exact
+        when each generation batch trains within one optimizer step (TRL's own alignment test); vespo
+        reads the ratio elsewhere, so it keeps TRL's pass."""
+        a = self.args
+        return (self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo"
+                and a.gradient_accumulation_steps % (a.steps_per_generation * self.num_iterations) == 0)
+
+    def _compute_loss(self, model, inputs):
+        if self.model.training and "importance_sampling_ratio" not in inputs and self.tis_in_loss():
+            self._loss_inputs = inputs  # TRL reads inputs["importance_sampling_ratio"] after its forward
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_inputs = None
+
+    def _fill_tis(self, inputs: dict, logps: torch.Tensor) -> None:
+        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        samp = inputs["sampling_per_token_logps"]
+        a = self.args
+        ratio = tis_ratio(logps, samp, mask, self.vllm_importance_sampling_mode,
+                          a.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max)
+        inputs["importance_sampling_ratio"] = ratio
+        if self._gap is None:
+            self._gap = GapStats(self.rollouts.n_async + 1 if self.rollouts is not None else 0)
+        self._gap.add(logps, samp, mask, ratio, inputs.get("rollout_lag"))
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         r = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -156,8 +190,17 @@ class ActiveGRPOTrainer(GRPOTrainer):
             self._groups = self.rollouts.primary(n_prompts) if first else self.rollouts.refill(n_prompts)
             idx = [gr.idx for gr in self._groups]
         inputs = [dict(self.prompt_rows[i]) for i in idx for _ in range(g)]
-        out = super()._generate_and_score_completions(inputs)
+        skip_old = self.tis_in_loss()  # TRL's old-logprob pass (and its ratio) runs only while this flag is on
+        if skip_old:
+            self.vllm_importance_sampling_correction = False
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            if skip_old:
+                self.vllm_importance_sampling_correction = True
         if self.rollouts is not None:
+            lags = [self.state.global_step - gr.version for gr in self._groups for _ in range(g)]
+            out["rollout_lag"] = torch.tensor(lags, device=out["advantages"].device)
             self._log_async_round(out)
         w = self.reward_weights.to(self._last_rewards.device)
         total = (torch.nan_to_num(self._last_rewards, nan=0.0) * w).sum(dim=1)
@@ -238,6 +281,9 @@ class ActiveGRPOTrainer(GRPOTrainer):
         if self._step % self.current_gradient_accumulation_steps == 0:
             # TRL has just logged the optimizer step's training_step wall time as step_time; split it.
             for k, v in step_time_split(step=train["step_time"][-1], **self._split).items():
+                train[k].append(v)
+            gap, self._gap = self._gap, None
+            for k, v in (gap.finish(self.accelerator.gather) if gap is not None else {}).items():
                 train[k].append(v)
             self._split = dict.fromkeys(self._split, 0.0)
         return out
