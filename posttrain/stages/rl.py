@@ -92,7 +92,7 @@ class ActiveGRPOTrainer(GRPOTrainer):
         self.reward_crash_limit = reward_crash_limit
         self.solve_threshold, self.max_refills = solve_threshold, max_refills
         self._last_rewards: torch.Tensor | None = None
-        # Step time split: rollout rounds (generation + scoring + old logprobs) and weight sync,
+        # Step time split: rollout rounds (generation + scoring [+ TRL's old logprobs]) and weight sync,
         # summed per optimizer step; the rest of TRL's step_time is training.
         self._split = {"rollout": 0.0, "sync": 0.0, "new_tokens": 0.0}
         self._new_tokens = 0  # this process's completion tokens since the last gather
@@ -150,7 +150,8 @@ class ActiveGRPOTrainer(GRPOTrainer):
             self._loss_inputs = None
 
     def _fill_tis(self, inputs: dict, logps: torch.Tensor) -> None:
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        mask = inputs["completion_mask"]
+        mask = mask * inputs["tool_mask"] if "tool_mask" in inputs else mask  # as TRL's _compute_loss
         samp = inputs["sampling_per_token_logps"]
         a = self.args
         ratio = tis_ratio(logps, samp, mask, self.vllm_importance_sampling_mode,

@@ -31,7 +31,7 @@ def cat_batches(parts: list[dict]) -> dict:
 def step_time_split(rollout: float, sync: float, step: float, new_tokens: float = 0.0) -> dict[str, float]:
     """Seconds per part of one optimizer step. `step` is training_step's wall time, which holds the
     rollout rounds (TRL generates inside it); a rollout round holds the weight sync (done before
-    generating), and generation here includes scoring and the trainer's old-logprob forward.
+    generating), and generation here includes scoring (and TRL's old-logprob forward where it runs, rl_tis).
     `new_tokens`: completion tokens generated in the step over all processes (dropped groups too),
     so the rollout rate is a lower bound on the engine's (it is charged the whole rollout phase).
 
