@@ -40,6 +40,8 @@ import json
 import math
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -102,7 +104,7 @@ def padding_table(spec: str, prompts: int = 64, rollouts: int = 8, micro: int = 
 
 
 def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path,
-                 policy: str = "fcfs") -> subprocess.Popen:
+                 policy: str = "fcfs", max_seqs: int = 1024) -> subprocess.Popen:
     """`vllm serve` with the dev RLHF routes, CUDA-IPC weight transfer and processed logprobs
     (what `trl vllm-serve` sets, trl/scripts/vllm_serve.py), on this GPU. `policy` "priority":
     the engine sends each request's step as its priority (VLLMServerEngine)."""
@@ -110,7 +112,7 @@ def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--port", str(port),
            "--gpu-memory-utilization", str(mem), "--max-model-len", str(max_len), "--dtype", "bfloat16",
            "--weight-transfer-config", '{"backend": "ipc"}', "--logprobs-mode", "processed_logprobs",
-           "--max-num-seqs", "1024", "--scheduling-policy", policy]
+           "--max-num-seqs", str(max_seqs), "--scheduling-policy", policy]
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     import requests
     t0 = time.time()
@@ -128,6 +130,45 @@ def start_server(model_dir: Path, mem: float, max_len: int, port: int, log: Path
         time.sleep(2)
     proc.kill()
     raise TimeoutError("vllm serve did not come up in 15 min")
+
+
+_STATS = re.compile(r"(\d\d-\d\d \d\d:\d\d:\d\d).*Avg generation throughput: ([\d.]+) tokens/s, "
+                    r"Running: (\d+) reqs, Waiting: (\d+) reqs, GPU KV cache usage: ([\d.]+)%")
+
+
+def engine_stats(log: Path | list[str], since: float | None, year: int | None = None) -> dict | None:
+    """The server's own stats lines (vLLM's `loggers.py`, INFO, one per 10 s while it has work; none
+    while idle) from wall time `since` on: completion tokens it generated per second of wall time,
+    the share of that time it had nothing to run (the trainer had not ordered more), mean running
+    requests (more running: each decodes slower, so a long completion takes longer), peak waiting
+    and KV-cache use. Says whether the engine or the trainer set the pace.
+
+    >>> line = ("(APIServer pid=1) INFO 12-07 19:49:12 [loggers.py:310] Engine 000: Avg prompt throughput: 0.0 "
+    ...         "tokens/s, Avg generation throughput: 9000.0 tokens/s, Running: 205 reqs, Waiting: 3 reqs, "
+    ...         "GPU KV cache usage: 32.1%, Prefix cache hit rate: 0.0%")
+    >>> later = line.replace("19:49:12", "19:49:42")  # 20 s idle (no lines), then 10 s of work
+    >>> engine_stats([line, later], None, year=2026)
+    {'window_s': 40.0, 'gen_tokens_per_s': 4500.0, 'idle_frac': 0.5, 'running_mean': 205.0, 'waiting_max': 3, 'kv_use_max_pct': 32.1}
+    """
+    lines = log if isinstance(log, list) else (log.read_text(errors="replace").splitlines() if log.is_file() else [])
+    year = year or datetime.date.today().year
+    rows = []
+    for x in lines:
+        m = _STATS.search(x)
+        if m is None:
+            continue
+        t = datetime.datetime.strptime(f"{year}-{m[1]}", "%Y-%m-%d %H:%M:%S").timestamp()
+        if since is None or t >= since:
+            rows.append((t, float(m[2]), int(m[3]), int(m[4]), float(m[5])))
+    if not rows:
+        return None
+    every = 10.0  # vLLM's stats interval: each line covers the 10 s before it
+    window = rows[-1][0] - (since if since is not None else rows[0][0] - every)
+    busy = every * sum(r[2] > 0 or r[1] > 0 for r in rows)
+    return {"window_s": window, "gen_tokens_per_s": round(every * sum(r[1] for r in rows) / window, 1),
+            "idle_frac": round(max(0.0, 1 - busy / window), 3),
+            "running_mean": round(sum(r[2] for r in rows) / len(rows), 1),
+            "waiting_max": max(r[3] for r in rows), "kv_use_max_pct": max(r[4] for r in rows)}
 
 
 def gpu_memory_by_pid() -> dict[int, float]:
@@ -171,6 +212,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--server-mem", type=float, default=0.4, help="the server's share of the GPU (async)")
     ap.add_argument("--scheduling-policy", choices=["fcfs", "priority"], default="fcfs",
                     help="the async server's: priority serves each step's groups before later steps'")
+    ap.add_argument("--max-num-seqs", type=int, default=1024,
+                    help="the async server's cap on running requests: fewer run each decode step faster, so a "
+                         "long completion finishes sooner, at a lower total token rate")
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds from start: stop (and report) before a step that would end past it")
@@ -217,7 +261,7 @@ def main(argv=None) -> dict:
     server_log, metrics_file = Path(a.out).with_suffix(".server.log"), Path(a.out).with_suffix(".metrics.jsonl")
     if a.mode == "async" and gpu:
         server = start_server(work / "init", a.server_mem, a.prompt_len + 64 + cap, a.port, server_log,
-                              a.scheduling_policy)
+                              a.scheduling_policy, a.max_num_seqs)
     st = GRPOStage(kind="grpo", mix="-", learning_rate=1e-6, lr_scheduler="constant", max_steps=a.steps, bf16=gpu,
                    micro_batch_size=a.micro_batch, rollouts_per_prompt=a.rollouts, prompts_per_step=a.prompts,
                    max_prompt_length=a.prompt_len + 64, max_completion_length=cap, mask_truncated_completions=False,
@@ -231,13 +275,17 @@ def main(argv=None) -> dict:
     if is_async:
         async_stage.prepare_args(args, st)
     ends: list[float] = []
+    ends_wall: list[float] = []  # the same, as wall-clock time (the server log's clock)
 
     def report(mem: dict) -> dict:
         """The row's JSON from the metrics so far: written after every step, so a row that dies
         (a device call's limit, a crash in teardown) still leaves its figures."""
         logs = [r for r in read_metrics(metrics_file) if "time/step_s" in r]
-        skip = 1 + (a.async_steps if is_async else 0)  # first step (autotune) and async's fill steps
-        skip = min(skip, max(len(ends) - 2, 0))
+        # First step (autotune) and async's fill steps: async N orders steps 1..N+1 before training
+        # starts, so those train from a backlog the engine made alone; step N+2 is the first whose
+        # groups were generated beside training. A row too short keeps fewer out and says so.
+        want = 1 + (a.async_steps if is_async else 0)
+        skip = min(want, max(len(ends) - 2, 0))
         steady = logs[skip:]
         tokens = [r.get("completions/mean_length", 0) * a.prompts * a.rollouts for r in logs]
         wall = ends[-1] - ends[skip - 1] if skip else ends[-1] - t0
@@ -256,6 +304,7 @@ def main(argv=None) -> dict:
                "scheduling_policy": a.scheduling_policy if is_async else None, "lengths": a.lengths,
                "params": sum(p.numel() for p in model.parameters()),
                "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),
+               "steady_state": skip == want and bool(steady),  # false: the rate includes backlog steps
                "completion_tokens_per_s": rate, "completion_tokens_per_s_all_steps": rate_all,
                "wall_s_per_step": wall / max(len(steady), 1),
                "blocked_on_rollouts_frac": sum(x or 0 for x in blocked) / wall if wall > 0 else None,
@@ -264,6 +313,7 @@ def main(argv=None) -> dict:
                "is_ratio_max": mean("sampling/importance_sampling_ratio/max"),
                "weight_sync_s": mean("time/weight_sync_s"), "mean_completion_len": mean("completions/mean_length"),
                "async": gap,
+               "engine": engine_stats(server_log, ends_wall[skip - 1] if skip else None) if is_async and gpu else None,
                # the metrics reset torch's peak every logging step: the row's peak is the steps' largest
                "trainer_peak_gb": max((r.get("mem/peak_allocated_gb") or 0 for r in logs), default=None) if gpu else None,
                "gpu_gb_by_pid_at_end": {str(k): v for k, v in mem.items()}, "per_step": logs}
@@ -274,6 +324,7 @@ def main(argv=None) -> dict:
     class StepEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
+            ends_wall.append(time.time())
             # A device call has a hard limit: end while a JSON can still be written. An async row
             # runs past its fill steps first (they are short once the fill is in, so their time says
             # nothing of the next); a synchronous step after the warm row is like the next one, so a
@@ -320,6 +371,13 @@ def main(argv=None) -> dict:
         llm.generate = generate
     t0 = time.perf_counter()
     print(f"[async_rl] trainer ready at {t0 - started:.0f} s ({a.mode}, server: {server is not None})", flush=True)
+
+    def stopped(signum, frame):  # `timeout` at the call's limit: say how far the unfinished step got
+        now = time.perf_counter()
+        print(f"[async_rl] stopped from outside at {now - started:.0f} s: step {len(ends) + 1} had run "
+              f"{now - (ends[-1] if ends else t0):.0f} s", flush=True)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stopped)
     try:
         trainer.train()
     finally:

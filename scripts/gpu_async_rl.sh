@@ -41,6 +41,10 @@
 # for async on 100 GiB or more, 4 below; MB sets all of them. (fla's autotune keys hold the batch,
 # but its kernels' binaries do not, so a micro-batch the warm row did not run re-benchmarks cached
 # binaries instead of compiling.)
+# MAX_SEQS (1024): the server's running-request cap. On 2026-12-07 (H100) ~250-300 requests ran at
+# once beside training at ~7.7K tokens/s, ~25-50 tokens/s each, so an 8K completion took minutes and
+# the first honest async step (step 4 of async2) waited past 84 s for its tail; fewer running decode
+# faster each (a shorter tail) at a lower total rate.
 # POLICY=priority: the server schedules by priority and each request carries the step its group is
 # for, so in the fill the first step's groups are not held back by later steps' (untried on a GPU).
 # Why not 16 for async on an 80 GB H100 (2026-12-07): async2 at 16 ran out of memory in step 1's
@@ -83,12 +87,13 @@ run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S o
       > "$out/async_rl_$name.full.log" 2>&1
   local rc=$?
   [ "${SAVE_CACHE:-0}" = 1 ] || tail -n 80 "$out/async_rl_$name.full.log" > "$out/async_rl_$name.log"  # $OUT returns 8 files at most
-  echo "$name rc=$rc"; grep -E '^\[async_rl\]|"(completion_tokens_per_s[a-z_]*|wall_s_per_step|blocked_on_rollouts_frac|kl_k3|logprob_gap_abs)"' "$out/async_rl_$name.full.log"
+  echo "$name rc=$rc"; grep -E '^\[async_rl\]|"(completion_tokens_per_s[a-z_]*|wall_s_per_step|steady_state|blocked_on_rollouts_frac|kl_k3|logprob_gap_abs|gen_tokens_per_s|idle_frac|running_mean)"' "$out/async_rl_$name.full.log"
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tail -1
 }
 row() { run "$what" --prompts "${PROMPTS:-64}" "$@"; }  # a timed row: PROMPTS a step
 sync_row() { row --mode sync --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" "$@"; }
-async_row() { row --mode async --server-mem "$SERVER_MEM" --micro-batch "$ASYNC_MB" --scheduling-policy "${POLICY:-fcfs}" "$@"; }
+async_row() { row --mode async --server-mem "$SERVER_MEM" --micro-batch "$ASYNC_MB" --scheduling-policy "${POLICY:-fcfs}" \
+  --max-num-seqs "${MAX_SEQS:-1024}" "$@"; }
 case $what in
   warm)  # compiles every kernel the rows use; its own figures are not a result
     RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" ;;

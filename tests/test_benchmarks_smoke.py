@@ -96,6 +96,10 @@ def test_async_rl_benchmark_lengths_and_smoke(tmp_path):
     assert sync["completion_tokens_per_s"] > 0 and asy["completion_tokens_per_s"] > 0
     assert asy["async"]["async/staleness_max"] <= 1 and 0 <= asy["blocked_on_rollouts_frac"] <= 1
     assert max(r["completions/max_length"] for r in asy["per_step"]) <= 12
+    # 3 steps: sync drops its first; async 1 would drop 2 (step 2 was ordered before training began)
+    # but keeps 2 steps to time, and says the rate is not a steady state's
+    assert sync["steady_state"] and not asy["steady_state"] and asy["steady_steps"] == 2
+    assert asy["logprob_gap_abs"] is not None and asy["is_ratio_max"] <= 2.0  # TIS from the training forward
 
 
 def test_async_rl_row_that_dies_in_teardown_leaves_its_json(tmp_path, monkeypatch):
