@@ -202,6 +202,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--mode", choices=["sync", "async"], required=True)
     ap.add_argument("--async-steps", type=int, default=1)
     ap.add_argument("--weight-sync-steps", type=int, default=1)
+    ap.add_argument("--lookahead", type=int, default=None,
+                    help="async: steps ahead each step's prompts are ordered (recipe async_lookahead; default the "
+                         "bound's most); less leaves slack for groups whose completions run long")
     ap.add_argument("--lengths", default="lognormal:2048:8192")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=64)
@@ -269,7 +272,8 @@ def main(argv=None) -> dict:
                    vllm_server_base_url=f"http://127.0.0.1:{a.port}" if server else None,
                    vllm_gpu_memory_utilization=a.vllm_mem, logging_steps=1, save_steps=10**6,
                    gradient_checkpointing=gpu,  # micro-batches of 8 rows padded to the longest (16K) completion
-                   async_steps=a.async_steps if a.mode == "async" else 0, weight_sync_steps=a.weight_sync_steps)
+                   async_steps=a.async_steps if a.mode == "async" else 0, weight_sync_steps=a.weight_sync_steps,
+                   async_lookahead=a.lookahead if a.mode == "async" else None)
     args = grpo_config(st, work / "trainer", [1.0])
     is_async = a.mode == "async"
     if is_async:
@@ -281,10 +285,11 @@ def main(argv=None) -> dict:
         """The row's JSON from the metrics so far: written after every step, so a row that dies
         (a device call's limit, a crash in teardown) still leaves its figures."""
         logs = [r for r in read_metrics(metrics_file) if "time/step_s" in r]
-        # First step (autotune) and async's fill steps: async N orders steps 1..N+1 before training
-        # starts, so those train from a backlog the engine made alone; step N+2 is the first whose
-        # groups were generated beside training. A row too short keeps fewer out and says so.
-        want = 1 + (a.async_steps if is_async else 0)
+        # First step (autotune) and async's fill steps: with lookahead L (async_steps N by default) the
+        # producer orders steps 1..L+1 before training starts, so those train from a backlog the engine
+        # made alone; step L+2 is the first whose groups were generated beside training. A row too
+        # short keeps fewer out and says so.
+        want = 1 + (trainer.rollouts.lookahead if is_async else 0)
         skip = min(want, max(len(ends) - 2, 0))
         steady = logs[skip:]
         tokens = [r.get("completions/mean_length", 0) * a.prompts * a.rollouts for r in logs]
@@ -301,6 +306,7 @@ def main(argv=None) -> dict:
         gap = {k: mean(k) for k in sorted({k for r in steady for k in r if k.startswith("async/")})}
         out = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if gpu else "cpu",
                "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
+               "lookahead": trainer.rollouts.lookahead if is_async and trainer.rollouts is not None else None,
                "scheduling_policy": a.scheduling_policy if is_async else None, "lengths": a.lengths,
                "params": sum(p.numel() for p in model.parameters()),
                "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),
@@ -331,7 +337,7 @@ def main(argv=None) -> dict:
             # short sync row may end after one.
             last = ends[-1] - (ends[-2] if len(ends) > 1 else t0)
             print(f"[async_rl] step {len(ends)} ended at {ends[-1] - started:.0f} s (this step {last:.0f} s)", flush=True)
-            if (a.time_budget and len(ends) >= (2 + a.async_steps if is_async else 1)
+            if (a.time_budget and len(ends) >= (2 + trainer.rollouts.lookahead if is_async else 1)
                     and ends[-1] - started + 1.2 * last > a.time_budget):
                 control.should_training_stop = True
 

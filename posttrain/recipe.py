@@ -116,7 +116,7 @@ def weight_settings(stage: StageBase) -> dict:
 
 # Fields added after runs existed, at the value that means "as before": left out of the stage key
 # there, so stages finished before the field existed are still recognised as done.
-ADDED_OFF = {"sft_weight": 0.0}
+ADDED_OFF = {"sft_weight": 0.0, "async_lookahead": None}
 
 
 @dataclass
@@ -208,6 +208,11 @@ class GRPOStage(StageBase):
     weight_sync_steps: int = 1
     """Async: push the trainer's weights to the engine every this many optimizer steps (at most
     async_steps + 1, which keeps the staleness bound)."""
+    async_lookahead: int | None = None
+    """Async: order each step's prompts this many steps before it trains (None = async_steps -
+    weight_sync_steps + 1, the most the bound allows). Less leaves slack: a group whose completions
+    run long may be trained up to that many steps later, finished groups taking its place, still
+    within async_steps (rollout/producer.py). For long-tailed lengths: e.g. async_steps 4, lookahead 2."""
 
 
 @dataclass

@@ -192,6 +192,10 @@ def _check_async(st: GRPOStage, where: str) -> None:
     if not 1 <= st.weight_sync_steps <= st.async_steps + 1:
         raise RecipeError(f"{where}.weight_sync_steps: must be in [1, async_steps + 1 = {st.async_steps + 1}] "
                           f"(weights older than async_steps would break the staleness bound), got {st.weight_sync_steps}")
+    full = st.async_steps - st.weight_sync_steps + 1
+    if st.async_lookahead is not None and not (st.async_steps and 0 <= st.async_lookahead <= full):
+        raise RecipeError(f"{where}.async_lookahead: must be in [0, async_steps - weight_sync_steps + 1 = {full}] "
+                          f"with async_steps > 0 (further ahead would break the staleness bound), got {st.async_lookahead}")
     if st.async_steps and st.engine == "vllm" and st.vllm_mode == "colocate":
         raise RecipeError(f"{where}.async_steps: async RL needs the engine in its own process "
                           "(vllm_mode: server, same or other GPUs) or engine: hf; colocate sleeps vLLM while training")

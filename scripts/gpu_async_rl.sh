@@ -5,7 +5,11 @@
 # (log-normal, mean 2048, cap 8192) and on a fixed 512. benchmarks/async_rl.py says what is measured.
 #
 #   bash scripts/gpu_async_rl.sh ROW     ROW: warm sync_lognormal async1_lognormal async2_lognormal
-#                                             sync_fixed512 async1_fixed512 (one device call each)
+#                                             async4_slack_lognormal sync_fixed512 async1_fixed512
+#                                             (one device call each)
+# async4_slack_lognormal: async_steps 4 with LOOKAHEAD (2) steps of orders: a group whose completions
+# run long may slip up to 2 steps while finished groups train (rollout/producer.py); its steps 1-3
+# train from the fill, so its first steady step is 4.
 # A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
 # calls back to back): staging (~100 s), `warm` (318 and 410 s cold on an H100 with the install, 2026-12-07),
 # `PROMPTS=32 BUDGET_S=520 async2_lognormal` (never measured, so first), then `PROMPTS=32 sync_lognormal`
@@ -54,7 +58,7 @@
 # a 0.3 server the trainer needs ~33 GB + fragmentation of the ~48 GB left. One GPU shared by a
 # server and a trainer is async's own cost.
 set -uo pipefail
-what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal sync_fixed512 async1_fixed512}
+what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal async4_slack_lognormal sync_fixed512 async1_fixed512}
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
 # vLLM's INFO lines (KV-cache size, max concurrency, the 10 s stats: running requests, KV usage) said
 # whether the server's KV cache capped its batch; on 2026-12-07 none reached the logs, only uvicorn's.
@@ -93,7 +97,7 @@ run() {  # name, args...   (RB: this row's budget in seconds, default BUDGET_S o
 row() { run "$what" --prompts "${PROMPTS:-64}" "$@"; }  # a timed row: PROMPTS a step
 sync_row() { row --mode sync --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" "$@"; }
 async_row() { row --mode async --server-mem "$SERVER_MEM" --micro-batch "$ASYNC_MB" --scheduling-policy "${POLICY:-fcfs}" \
-  --max-num-seqs "${MAX_SEQS:-1024}" "$@"; }
+  --max-num-seqs "${MAX_SEQS:-1024}" ${LOOKAHEAD:+--lookahead "$LOOKAHEAD"} "$@"; }
 case $what in
   warm)  # compiles every kernel the rows use; its own figures are not a result
     RB=${WARM_S:-480} run warm --mode sync --lengths fixed:64 --prompts 8 --rollouts 4 --steps 2 --vllm-mem "${VLLM_MEM:-0.35}" --micro-batch "$SYNC_MB" ;;
@@ -102,6 +106,7 @@ case $what in
   async1_lognormal) async_row --async-steps 1 --lengths "$LN" --steps "${ASTEPS:-12}" ;;
   sync_fixed512)    sync_row --lengths fixed:512 --steps "${STEPS:-12}" ;;
   async1_fixed512)  async_row --async-steps 1 --lengths fixed:512 --steps "${ASTEPS:-12}" ;;
+  async4_slack_lognormal) LOOKAHEAD=${LOOKAHEAD:-2} async_row --async-steps 4 --lengths "$LN" --steps "${ASTEPS:-12}" ;;
   *) echo "unknown row $what"; exit 2 ;;
 esac
 # $OUT returns 8 files at most: with the cache parts, drop the per-step files (the JSON holds them)

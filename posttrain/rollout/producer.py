@@ -7,6 +7,16 @@ every `weight_sync_steps` steps, then orders the groups step t + L will train on
 group is at most L + (weight_sync_steps - 1) = async_steps versions old when it is trained on;
 groups are consumed in the order they were dispatched (no drops, no bias toward short
 completions). Active-sampling refills are ordered at the current version and jump the queue.
+
+`lookahead` below that (recipe `async_lookahead`) leaves slack S = async_steps - weight_sync_steps
++ 1 - lookahead: a group may then be trained up to S steps after the step it was ordered for, and a
+step takes, after every group at that deadline, groups already finished (dispatch order), then
+whichever finishes first. A group whose completions run long no longer holds its step: with
+long-tailed lengths a capped completion decodes for minutes among hundreds of running requests
+(benchmarks/RESULTS.md, 2026-12-07), and the slack gives it up to async_steps periods while fewer
+steps' orders (lookahead + 1) share the engine. The bound is unchanged: ordered at step t with
+weights v >= t - k + 1 and trained by t + lookahead + S, a group is at most async_steps stale. Every
+group is still trained once; a step's batch leans toward groups that finished, the run's does not.
 Same admission rule as open-instruct's `async_steps` (open_instruct/data_loader.py: it dispatches
 async_steps x batch prompts up front and waits while training_step - last_consumed > async_steps).
 
@@ -20,7 +30,8 @@ import hashlib
 import json
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,10 +90,14 @@ class RolloutProducer:
 
     def __init__(self, engine, queue, tokenize, num_generations: int, prompts_per_step: int, async_steps: int,
                  weight_sync_steps: int = 1, max_steps: int | None = None, seed: int = 0, log_path: Path | None = None,
-                 max_tokens_fn=None):
+                 max_tokens_fn=None, lookahead: int | None = None):
         self.engine, self.queue, self.tokenize = engine, queue, tokenize
         self.g, self.want, self.n_async, self.k = num_generations, prompts_per_step, async_steps, weight_sync_steps
-        self.lookahead = async_steps - weight_sync_steps + 1
+        full = async_steps - weight_sync_steps + 1  # the furthest ahead the staleness bound allows
+        self.lookahead = full if lookahead is None else lookahead
+        if not 0 <= self.lookahead <= full:
+            raise ValueError(f"lookahead {lookahead}: must be in [0, async_steps - weight_sync_steps + 1 = {full}]")
+        self.slack = full - self.lookahead
         self.max_steps, self.seed, self.log_path, self.max_tokens_fn = max_steps, seed, log_path, max_tokens_fn
         self.ahead: deque[tuple[int, int, Future]] = deque()  # (step it is for, idx, future), dispatch order
         self.ordered_through = -1  # last step whose primary groups are ordered
@@ -123,18 +138,31 @@ class RolloutProducer:
         return t
 
     def primary(self, n: int) -> list[RolloutGroup]:
-        """The groups ordered for this step, oldest first (blocks until they are done)."""
+        """The groups ordered for this step, oldest first (blocks until they are done). With slack:
+        every group at its deadline, then finished ones, then the first to finish (module docstring)."""
         if len(self.ahead) < n:
             raise RuntimeError(f"rollout producer: {n} groups wanted, {len(self.ahead)} ordered")
-        futs = [self.ahead.popleft()[2] for _ in range(n)]
-        return self._wait(futs)
+        if not self.slack:
+            return self._wait([self.ahead.popleft()[2] for _ in range(n)])
+        t0 = time.perf_counter()
+        entries = list(self.ahead)
+        due = [j for j, e in enumerate(entries) if e[0] + self.slack <= self.step]
+        pick = due[:n] + [j for j, e in enumerate(entries) if j not in due and e[2].done()][:max(n - len(due), 0)]
+        while len(pick) < n:
+            rest = [j for j in range(len(entries)) if j not in pick]
+            futures_wait([entries[j][2] for j in rest], return_when=FIRST_COMPLETED)
+            pick += [j for j in rest if entries[j][2].done()][:n - len(pick)]
+        pick = sorted(pick)  # dispatch order within the step
+        taken = set(pick)
+        self.ahead = deque(e for j, e in enumerate(entries) if j not in taken)
+        return self._wait([entries[j][2] for j in pick], t0)
 
     def refill(self, n: int) -> list[RolloutGroup]:
         """Fresh groups at the engine's current version, ahead of anything ordered for later steps."""
         return self._wait(self._order(self.queue.take(n), urgent=True))
 
-    def _wait(self, futs: list[Future]) -> list[RolloutGroup]:
-        t0 = time.perf_counter()
+    def _wait(self, futs: list[Future], t0: float | None = None) -> list[RolloutGroup]:
+        t0 = time.perf_counter() if t0 is None else t0
         out = [f.result() for f in futs]  # an engine error re-raises here, on the training thread
         self.wait_s += time.perf_counter() - t0
         self._lags += [self.step - gr.version for gr in out]
@@ -150,6 +178,8 @@ class RolloutProducer:
         lag = self._lags
         out = {"async/staleness_mean": sum(lag) / max(len(lag), 1), "async/staleness_max": float(max(lag, default=0)),
                "async/wait_s": self.wait_s, "async/in_flight": float(len(self.ahead))}
+        if self.slack:  # groups ordered for this step or earlier that a finished group stood in for
+            out["async/slipped"] = float(sum(s <= self.step for s, _, _ in self.ahead))
         self.wait_s, self._lags = 0.0, []
         return out
 
