@@ -79,18 +79,21 @@ class GapStats:
         ok = mask.bool() & ~torch.isnan(sampling)
         log_r = torch.where(ok, old - sampling, 0.0).float()
         k3, gap, w = log_r.exp() - 1 - log_r, log_r.abs(), ok.float()
-        r_tok = ratio[mask.bool()] if ratio.shape == mask.shape else ratio.flatten()  # TRL's choice of entries
-        r_tok = r_tok.float()
-        parts = [w.sum(), gap.sum(), k3.sum(), torch.tensor(float(r_tok.numel()), device=old.device), r_tok.sum()]
+        # TRL's entries of the ratio: masked tokens (token modes), every row (sequence modes). Masks,
+        # not boolean indexing: indexing would wait on the GPU every micro-batch.
+        r_on = mask.bool() if ratio.shape == mask.shape else torch.ones_like(ratio, dtype=torch.bool)
+        r = ratio.float()
+        inf = torch.tensor(math.inf, device=old.device)
+        parts = [w.sum(), gap.sum(), k3.sum(), r_on.float().sum(), torch.where(r_on, r, 0.0).sum()]
         if self.slots:
             lags = torch.zeros(len(old), device=old.device) if lags is None else lags.to(old.device)
             slot = lags.clamp(0, self.slots - 1)  # the producer bounds the lag: the clamp only guards
             onehot = (slot[:, None] == torch.arange(self.slots, device=old.device)).float()  # (B, slots)
             parts += [onehot.T @ w.sum(1), onehot.T @ gap.sum(1), onehot.T @ k3.sum(1)]
         sums = torch.cat([p.reshape(-1) for p in parts])
-        inf = torch.tensor(math.inf, device=old.device)
-        peaks = torch.stack([torch.where(ok, gap, -inf).max() if gap.numel() else -inf,
-                             r_tok.max() if r_tok.numel() else -inf, -r_tok.min() if r_tok.numel() else -inf])
+        peak = (lambda x: x.max()) if gap.numel() else (lambda x: -inf)
+        peaks = torch.stack([peak(torch.where(ok, gap, -inf)), peak(torch.where(r_on, r, -inf)),
+                             peak(torch.where(r_on, -r, -inf))])
         if self.sums is None:
             self.sums, self.peaks = sums, peaks
         else:
