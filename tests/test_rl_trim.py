@@ -113,4 +113,3 @@ def test_regrouped_micro_batches_give_the_same_step_loss_and_gradient(tmp_path):
     lengths = [m["completion_mask"].sum(1).tolist() for m in tr._buffered_inputs]
     flat = lengths[0] + lengths[1]
     assert flat == sorted(flat, reverse=True)
-
