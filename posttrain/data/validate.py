@@ -78,6 +78,7 @@ FIELD_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "solve_threshold": _rule(),
     "reward_crash_limit": _rule(0, 1),
     "async_steps": _rule(0), "weight_sync_steps": POSITIVE_INT,  # the bound between them: recipe_checks._check_async
+    "async_lookahead": _rule(0),  # None = the bound's most; its upper bound: recipe_checks._check_async
     "vllm_gpu_memory_utilization": _rule(0, 1, lo_open=True),
 }
 
