@@ -46,7 +46,8 @@ INSTANCE_ATTRIBUTES = [
     ("trl:GRPOTrainer", "current_gradient_accumulation_steps"),
     ("trl:GRPOTrainer", "_last_loaded_step"), ("trl:GRPOTrainer", "use_vllm"),  # rollout/async_stage.py
     ("trl:GRPOTrainer", "vllm_importance_sampling_correction"), ("trl:GRPOTrainer", "vllm_importance_sampling_mode"),
-    ("trl:GRPOTrainer", "vllm_importance_sampling_clip_max"), ("trl:GRPOTrainer", "num_iterations"),  # stages/rl_tis.py
+    ("trl:GRPOTrainer", "vllm_importance_sampling_clip_max"), ("trl:GRPOTrainer", "vllm_importance_sampling_clip_min"),
+    ("trl:GRPOTrainer", "num_iterations"),  # stages/rl_tis.py
 ]
 # Module-level names posttrain imports or patches.
 NAMES = [

@@ -153,9 +153,8 @@ class ActiveGRPOTrainer(GRPOTrainer):
         mask = inputs["completion_mask"]
         mask = mask * inputs["tool_mask"] if "tool_mask" in inputs else mask  # as TRL's _compute_loss
         samp = inputs["sampling_per_token_logps"]
-        a = self.args
         ratio = tis_ratio(logps, samp, mask, self.vllm_importance_sampling_mode,
-                          a.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max)
+                          self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max)
         inputs["importance_sampling_ratio"] = ratio
         if self._gap is None:
             self._gap = GapStats(self.rollouts.n_async + 1 if self.rollouts is not None else 0)
