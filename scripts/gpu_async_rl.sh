@@ -11,12 +11,14 @@
 # run long may slip up to 2 steps while finished groups train (rollout/producer.py); its steps 1-3
 # train from the fill, so its first steady step is 4.
 # A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
-# calls back to back): staging (~100 s), `warm` (318 and 410 s cold on an H100 with the install, 2026-12-07),
-# `PROMPTS=32 BUDGET_S=520 async2_lognormal` (never measured, so first), then `PROMPTS=32 sync_lognormal`
-# with what is left (its step after `warm` is known, 137 s: BUDGET_S=230 gives one). 32 prompts, not 64: a
-# 32 x 8 synchronous step at the 8K cap took 137 s on an H100 (81% generation), so a 64 x 8 sync row
-# cannot time two steps in one call. async2, not async1: with async_steps 1 a step still waits for its
-# own longest completion; 2 overlaps that tail with the next step's bulk.
+# calls back to back): staging (~30 s), `WARM_S=330 warm` (289-336 s cold on an H100 with the install,
+# 2026-12-07), then one async row alone in a call with `PROMPTS=32 BUDGET_S=555` (an async row needs
+# lookahead + 3 steps for two steady ones: the first lookahead + 1 train from the fill; on 2026-12-07
+# the fill ended at 313 s and backlog steps took 39 s), then `PROMPTS=32 BUDGET_S=300 sync_lognormal`
+# with what is left (~117 s a step after `warm`). Rows in order of interest: `async4_slack_lognormal`,
+# `MAX_SEQS=256 async2_lognormal`. 32 prompts, not 64: a 32 x 8 synchronous step at the 8K cap took
+# 89-137 s on an H100 (73-81% generation), so a 64 x 8 sync row cannot time two steps in one call.
+# async2, not async1: with async_steps 1 a step still waits for its own longest completion.
 # `warm` first on a new machine: one short synchronous run (8 prompts x 4, 64 tokens, the rows'
 # micro-batch) that compiles and autotunes what every row uses: fla's GDN chunk kernels forward and
 # backward for the trainer (their autotune keys hold the batch, heads and dims, not the length), the
