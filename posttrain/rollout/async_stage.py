@@ -1,11 +1,11 @@
 """Wiring async RL into the GRPO stage: TRL settings, engine choice, the producer on the trainer.
 
 TRL's GRPOTrainer keeps doing everything after generation (decoding, rewards, advantages, the
-trainer's old logprobs, TIS, the loss): the producer's finished groups reach it through TRL's
-`rollout_func` hook, with the engine's sampled-token logprobs. TRL computes the TIS ratio
-exp(trainer - engine logprob), capped at `tis_cap`, only when `use_vllm` is on
-(trl/trainer/grpo_trainer.py, `_generate_and_score_completions`); nothing else reads `use_vllm`
-once `rollout_func` is set, so the HF and IPC engines switch it on after TRL's init.
+loss): the producer's finished groups reach it through TRL's `rollout_func` hook, with the engine's
+sampled-token logprobs. The TIS ratio exp(trainer - engine logprob), capped at `tis_cap`, applies
+only when `use_vllm` is on (trl/trainer/grpo_trainer.py; the stage takes the trainer's side from
+the training forward, stages/rl_tis.py); nothing else reads `use_vllm` once `rollout_func` is set,
+so the HF and IPC engines switch it on after TRL's init.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 What TRL gives is used as is: group advantages without std scaling (`scale_rewards: none`),
 token-level loss (`dapo`), clip-higher (epsilon / epsilon_high), no KL (beta 0), overlong
-masking, truncated importance sampling against vLLM's logprobs. What it lacks is added in
+masking, truncated importance sampling against vLLM's logprobs (the trainer's side taken from the
+training forward when that is exact: stages/rl_tis.py). What it lacks is added in
 `ActiveGRPOTrainer`: prompts come from a `PromptQueue` that retires prompts solved >= 87.5% of
 the time, zero-variance groups are dropped and the batch refilled with fresh prompts (active
 sampling), and the queue's state rides in every checkpoint so a resumed run never replays
