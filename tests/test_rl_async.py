@@ -191,7 +191,7 @@ def reward_len(completions, **kw):
     return [float(len(c[-1]["content"]) % 3) for c in completions]
 
 
-def _async_hf_trainer(tmp_path, micro_batches: int = 1):
+def _async_hf_trainer(tmp_path, micro_batches: int = 1, async_steps: int = 1, lookahead: int | None = None):
     """A tiny async GRPO trainer on the HF engine (TIS on, as with vLLM), `micro_batches` a step."""
     tok = build_tiny_tokenizer("olmo-think")
     model = build_tiny_model(tok, seed=0)
@@ -202,8 +202,9 @@ def _async_hf_trainer(tmp_path, micro_batches: int = 1):
                       scale_rewards="none", report_to=[], use_cpu=True, bf16=False, learning_rate=1e-3,
                       temperature=0.7, log_completions=False, vllm_importance_sampling_mode="token_truncate",
                       vllm_importance_sampling_clip_max=2.0)
-    st = SimpleNamespace(engine="hf", temperature=0.7, max_completion_length=8, async_steps=1, weight_sync_steps=1,
-                         seed=0, vllm_server_base_url=None, prompts_per_step=2)
+    st = SimpleNamespace(engine="hf", temperature=0.7, max_completion_length=8, async_steps=async_steps,
+                         weight_sync_steps=1, seed=0, vllm_server_base_url=None, prompts_per_step=2,
+                         async_lookahead=lookahead)
     async_stage.prepare_args(args, st)
     q = PromptQueue(rows, seed=0, skip_solved_rate=2.0)
     tr = ActiveGRPOTrainer(model=model, args=args, reward_funcs=[reward_len], train_dataset=Dataset.from_list(rows),
@@ -259,6 +260,43 @@ def test_hf_engine_logprobs_match_the_trainer_and_tis_corrects_the_lag(tmp_path)
         assert batch["importance_sampling_ratio"].max() <= 2.0 and m1["sampling/importance_sampling_ratio/max"] <= 2.0
         lines = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
         assert [(x["step"], x["version"]) for x in lines] == [(0, 0)] * 2 + [(1, 0)] * 2
+    finally:
+        prod.close()
+
+
+def test_a_slipped_group_trains_later_in_the_stage_trainer(tmp_path):
+    """async_steps 2, lookahead 1 (slack 1) through the stage's trainer and the HF engine: step 0's
+    first group is held back, so step 0 trains step 0's other group and one of step 1's; step 1
+    waits for the held group (its deadline) and trains it with lag 1, TIS and the log in step."""
+    import threading
+    torch.manual_seed(0)
+    tr, prod = _async_hf_trainer(tmp_path, async_steps=2, lookahead=1)
+    try:
+        assert prod.slack == 1
+        real, held = prod.engine.submit, []
+
+        def submit(jobs):
+            futs = real(jobs)
+            if held:
+                return futs
+            proxy = Future()
+            held.append((futs[0], proxy, jobs[0].idx))
+            return [proxy, *futs[1:]]
+        prod.engine.submit = submit
+        batch = tr._generate_and_score_completions([{}] * (2 * G))
+        slow = held[0][2]
+        trained = [gr.idx for gr in tr._groups]
+        assert slow not in trained and len(trained) == 2 and tr._metrics["train"]["async/slipped"][-1] == 1.0
+        tr._compute_loss(tr.model, batch)
+        tr.state.global_step = 1
+        f, proxy, _ = held[0]
+        threading.Timer(0.3, lambda: proxy.set_result(f.result())).start()
+        batch = tr._generate_and_score_completions([{}] * (2 * G))
+        assert tr._groups[0].idx == slow and batch["rollout_lag"].tolist()[:G] == [1] * G
+        tr._compute_loss(tr.model, batch)
+        assert batch["importance_sampling_ratio"].max() <= 2.0
+        lines = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+        assert [(x["step"], x["idx"]) for x in lines][2] == (1, slow) and lines[2]["staleness"] == 1
     finally:
         prod.close()
 
