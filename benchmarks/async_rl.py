@@ -306,7 +306,7 @@ def main(argv=None) -> dict:
         gap = {k: mean(k) for k in sorted({k for r in steady for k in r if k.startswith("async/")})}
         out = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if gpu else "cpu",
                "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
-               "lookahead": trainer.rollouts.lookahead if is_async and trainer.rollouts is not None else None,
+               "lookahead": trainer.rollouts.lookahead if is_async else None,
                "scheduling_policy": a.scheduling_policy if is_async else None, "lengths": a.lengths,
                "params": sum(p.numel() for p in model.parameters()),
                "prompts_x_rollouts": f"{a.prompts} x {a.rollouts}", "steps": a.steps, "steady_steps": len(steady),

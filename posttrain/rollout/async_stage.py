@@ -74,7 +74,7 @@ def attach(trainer, st, queue, rows: list[dict], tok, log_dir: Path, resume_step
     want = a.per_device_train_batch_size * a.steps_per_generation // trainer.num_generations  # groups per process
     producer = RolloutProducer(engine, queue, tokenize, trainer.num_generations, want, st.async_steps,
                                st.weight_sync_steps, seed=st.seed, log_path=log, max_tokens_fn=max_tokens_fn,
-                               lookahead=getattr(st, "async_lookahead", None))
+                               lookahead=st.async_lookahead)
     trainer.rollouts = producer
     return producer
 

@@ -147,7 +147,8 @@ class RolloutProducer:
         t0 = time.perf_counter()
         entries = list(self.ahead)
         due = [j for j, e in enumerate(entries) if e[0] + self.slack <= self.step]
-        pick = due[:n] + [j for j, e in enumerate(entries) if j not in due and e[2].done()][:max(n - len(due), 0)]
+        done = [j for j, e in enumerate(entries) if e[0] + self.slack > self.step and e[2].done()]
+        pick = due[:n] + done[:max(n - len(due), 0)]
         while len(pick) < n:
             rest = [j for j in range(len(entries)) if j not in pick]
             futures_wait([entries[j][2] for j in rest], return_when=FIRST_COMPLETED)

@@ -200,9 +200,9 @@ class ActiveGRPOTrainer(GRPOTrainer):
             if skip_old:
                 self.vllm_importance_sampling_correction = True
         if self.rollouts is not None:
-            lags = [self.state.global_step - gr.version for gr in self._groups for _ in range(g)]
-            out["rollout_lag"] = torch.tensor(lags, device=out["advantages"].device)
-            self._log_async_round(out)
+            lags = [self.state.global_step - gr.version for gr in self._groups]
+            out["rollout_lag"] = torch.tensor(lags, device=out["advantages"].device).repeat_interleave(g)
+            self._log_async_round(out, lags)
         w = self.reward_weights.to(self._last_rewards.device)
         total = (torch.nan_to_num(self._last_rewards, nan=0.0) * w).sum(dim=1)
         lo = self.accelerator.process_index * len(inputs)
@@ -269,10 +269,10 @@ class ActiveGRPOTrainer(GRPOTrainer):
         self._split["rollout"] += time.perf_counter() - t0
         return batch
 
-    def _log_async_round(self, out: dict) -> None:
+    def _log_async_round(self, out: dict, lags: list[int]) -> None:
         from posttrain.rollout.producer import gap_by_lag
-        m, step = self._metrics["train"], self.state.global_step
-        for k, v in gap_by_lag(out, [step - gr.version for gr in self._groups], self.num_generations).items():
+        m = self._metrics["train"]
+        for k, v in gap_by_lag(out, lags, self.num_generations).items():  # TRL's old-logprob path only
             m[k].append(v)
         self.rollouts.log(self._groups, self.accelerator.process_index)
 

@@ -109,7 +109,8 @@ class GapStats:
         p = gather(peaks[None]).view(-1, 3).max(0).values.tolist()
         n, nr = max(s[0], 1.0), max(s[3], 1.0)
         out = {"sampling/sampling_logp_difference/mean": s[1] / n,
-               "sampling/sampling_logp_difference/max": max(p[0], 0.0), "sampling/kl_k3": s[2] / n, "sampling/importance_sampling_ratio/mean": s[4] / nr,
+               "sampling/sampling_logp_difference/max": max(p[0], 0.0), "sampling/kl_k3": s[2] / n,
+               "sampling/importance_sampling_ratio/mean": s[4] / nr,
                "sampling/importance_sampling_ratio/max": p[1] if s[3] else 0.0,
                "sampling/importance_sampling_ratio/min": -p[2] if s[3] else 0.0}
         if slots:
