@@ -191,7 +191,8 @@ def reward_len(completions, **kw):
     return [float(len(c[-1]["content"]) % 3) for c in completions]
 
 
-def _async_hf_trainer(tmp_path, micro_batches: int = 1, async_steps: int = 1, lookahead: int | None = None):
+def _async_hf_trainer(tmp_path, micro_batches: int = 1, async_steps: int = 1, lookahead: int | None = None,
+                      tis_mode: str = "token_truncate"):
     """A tiny async GRPO trainer on the HF engine (TIS on, as with vLLM), `micro_batches` a step."""
     tok = build_tiny_tokenizer("olmo-think")
     model = build_tiny_model(tok, seed=0)
@@ -200,7 +201,7 @@ def _async_hf_trainer(tmp_path, micro_batches: int = 1, async_steps: int = 1, lo
                       gradient_accumulation_steps=micro_batches, num_generations=G,
                       steps_per_generation=micro_batches, max_completion_length=8, beta=0.0, loss_type="dapo",
                       scale_rewards="none", report_to=[], use_cpu=True, bf16=False, learning_rate=1e-3,
-                      temperature=0.7, log_completions=False, vllm_importance_sampling_mode="token_truncate",
+                      temperature=0.7, log_completions=False, vllm_importance_sampling_mode=tis_mode,
                       vllm_importance_sampling_clip_max=2.0)
     st = SimpleNamespace(engine="hf", temperature=0.7, max_completion_length=8, async_steps=async_steps,
                          weight_sync_steps=1, seed=0, vllm_server_base_url=None, prompts_per_step=2,
@@ -301,13 +302,14 @@ def test_a_slipped_group_trains_later_in_the_stage_trainer(tmp_path):
         prod.close()
 
 
-@pytest.mark.parametrize("micro_batches", [1, 2])
-def test_tis_from_the_training_forward_is_trls_old_logprob_pass(tmp_path, monkeypatch, micro_batches):
+@pytest.mark.parametrize("micro_batches,tis_mode", [(1, "token_truncate"), (2, "token_truncate"),
+                                                   (1, "token_mask"), (2, "sequence_truncate")])
+def test_tis_from_the_training_forward_is_trls_old_logprob_pass(tmp_path, monkeypatch, micro_batches, tis_mode):
     """The same stale batch trained both ways: TRL's extra old-logprob forward at generation, and
     the ratio filled in from the training forward. Ratio, loss, every gradient and the logged gap
-    agree; one micro-batch or two."""
+    agree; one micro-batch or two, token and sequence, truncate and mask modes."""
     torch.manual_seed(0)
-    tr, prod = _async_hf_trainer(tmp_path, micro_batches)
+    tr, prod = _async_hf_trainer(tmp_path, micro_batches, tis_mode=tis_mode)
     try:
         monkeypatch.setattr(tr, "tis_in_loss", lambda: False)
         batch = _stale_batch(tr)
