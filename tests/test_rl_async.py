@@ -314,6 +314,11 @@ def test_tis_from_the_training_forward_is_trls_old_logprob_pass(tmp_path, monkey
         monkeypatch.setattr(tr, "tis_in_loss", lambda: False)
         batch = _stale_batch(tr)
         trl_gap = tr._metrics["train"]["sampling/sampling_logp_difference/mean"][-1]
+        extra = _step_gap(tr)  # on TRL's path only what TRL does not log itself, from its own tensors
+        lagged = [f"async/{k}_lag{n}" for k in ("abs_logp_diff", "kl_k3") for n in (0, 1)]
+        assert sorted(extra) == lagged + ["sampling/kl_k3"]
+        assert extra["async/abs_logp_diff_lag0"] < 1e-4  # the rounds at steps 0 and 1, both through TRL's pass
+        assert extra["async/abs_logp_diff_lag1"] == pytest.approx(trl_gap, rel=1e-4)
         monkeypatch.undo()
         assert "old_per_token_logps" in batch and tr.tis_in_loss()
 
@@ -336,7 +341,9 @@ def test_tis_from_the_training_forward_is_trls_old_logprob_pass(tmp_path, monkey
         assert loss_b == pytest.approx(loss_a, rel=1e-5, abs=1e-7)
         for a, b in zip(grads_a, grads_b):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
-        assert _step_gap(tr)["sampling/sampling_logp_difference/mean"] == pytest.approx(trl_gap, rel=1e-4)
+        ours_gap = _step_gap(tr)
+        assert ours_gap["sampling/sampling_logp_difference/mean"] == pytest.approx(trl_gap, rel=1e-4)
+        assert ours_gap["sampling/kl_k3"] == pytest.approx(extra["async/kl_k3_lag1"], rel=1e-4)
     finally:
         prod.close()
 

@@ -35,8 +35,6 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 
 def job_seed(base: int, n: int, idx: int) -> int:
     """The sampling seed of the n-th job (prompt `idx`); completion c samples with seed + c in both
@@ -216,28 +214,4 @@ def rollout_batch(groups: list[RolloutGroup]) -> dict:
             out["prompt_ids"].append(gr.prompt_ids)
             out["completion_ids"].append(c)
             out["logprobs"].append(lp)
-    return out
-
-
-def gap_by_lag(batch: dict, lags: list[int], g: int) -> dict[str, float]:
-    """k3 KL(engine || trainer) and mean |logp delta| over completion tokens, per staleness: what
-    the lag adds to the engine/trainer mismatch (lag 0 is the mismatch alone).
-
-    >>> lp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.25]]))
-    >>> b = {"old_per_token_logps": lp, "sampling_per_token_logps": lp - torch.tensor([[0.0], [0.1]]),
-    ...      "completion_mask": torch.ones(2, 2)}
-    >>> {k: round(v, 4) for k, v in gap_by_lag(b, [0, 1], 1).items()}
-    {'async/kl_k3_lag0': 0.0, 'async/abs_logp_diff_lag0': 0.0, 'async/kl_k3_lag1': 0.0052, 'async/abs_logp_diff_lag1': 0.1}
-    """
-    old, samp = batch.get("old_per_token_logps"), batch.get("sampling_per_token_logps")
-    if old is None or samp is None:
-        return {}
-    row_lag = torch.tensor([lag for lag in lags for _ in range(g)], device=old.device)
-    out = {}
-    for lag in sorted(set(lags)):
-        mask = batch["completion_mask"].bool() & ~torch.isnan(samp) & (row_lag == lag)[:, None]
-        log_r = (old - samp)[mask].float()
-        if log_r.numel():
-            out[f"async/kl_k3_lag{lag}"] = (log_r.exp() - 1 - log_r).mean().item()
-            out[f"async/abs_logp_diff_lag{lag}"] = log_r.abs().mean().item()
     return out

@@ -37,7 +37,7 @@ from posttrain.model.load import end_token_ids
 from posttrain.recipe import GRPOStage
 from posttrain.stages.common import StageContext, finish, load_stage_model, training_args, warn_geometry
 from posttrain.stages.registry import Geometry, accumulation
-from posttrain.stages.rl_batch import cat_batches, refill_size, rollout_gap, select_rows, step_time_split
+from posttrain.stages.rl_batch import cat_batches, refill_size, select_rows, step_time_split
 from posttrain.stages.rl_tis import GapStats, tis_ratio
 from posttrain.stages.rl_trim import REGROUP_SAFE, regroup_by_length, trimmed_logps
 from reward.health import check_crashes
@@ -157,9 +157,12 @@ class ActiveGRPOTrainer(GRPOTrainer):
         ratio = tis_ratio(logps, samp, mask, self.vllm_importance_sampling_mode,
                           self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max)
         inputs["importance_sampling_ratio"] = ratio
+        self._step_gap().add(logps, samp, mask, ratio, inputs.get("rollout_lag"))
+
+    def _step_gap(self, trl_logged: bool = False) -> GapStats:
         if self._gap is None:
-            self._gap = GapStats(self.rollouts.n_async + 1 if self.rollouts is not None else 0)
-        self._gap.add(logps, samp, mask, ratio, inputs.get("rollout_lag"))
+            self._gap = GapStats(self.rollouts.n_async + 1 if self.rollouts is not None else 0, trl_logged)
+        return self._gap
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         r = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -202,7 +205,14 @@ class ActiveGRPOTrainer(GRPOTrainer):
         if self.rollouts is not None:
             lags = [self.state.global_step - gr.version for gr in self._groups]
             out["rollout_lag"] = torch.tensor(lags, device=out["advantages"].device).repeat_interleave(g)
-            self._log_async_round(out, lags)
+            self.rollouts.log(self._groups, self.accelerator.process_index)
+        if not skip_old and "old_per_token_logps" in out and "sampling_per_token_logps" in out:
+            # TRL's old-logprob pass ran (mini_batches > 1, vespo) and logged its own gap keys; add the k3
+            # and per-lag figures from the same tensors, over every row of the round as TRL's are.
+            mask = out["completion_mask"] * out["tool_mask"] if "tool_mask" in out else out["completion_mask"]
+            ratio = out.get("importance_sampling_ratio", torch.ones_like(mask, dtype=torch.float))
+            self._step_gap(trl_logged=True).add(out["old_per_token_logps"], out["sampling_per_token_logps"],
+                                               mask, ratio, out.get("rollout_lag"))
         w = self.reward_weights.to(self._last_rewards.device)
         total = (torch.nan_to_num(self._last_rewards, nan=0.0) * w).sum(dim=1)
         lo = self.accelerator.process_index * len(inputs)
@@ -258,9 +268,6 @@ class ActiveGRPOTrainer(GRPOTrainer):
         m["active/prompts_retired"].append(float(sum(self.queue.is_retired(i) for i in self.queue.solved)))
         m["active/solve_rate"].append(sum(s for s, _ in self.queue.solved.values())
                                       / max(sum(t for _, t in self.queue.solved.values()), 1))
-        for k, v in rollout_gap(batch).items():
-            if v is not None:
-                m[k].append(v)
         for k, v in (self.rollouts.step_metrics() if self.rollouts is not None else {}).items():
             m[k].append(v)
         new = self.accelerator.gather(torch.tensor([self._new_tokens], device=self.accelerator.device)).sum()
@@ -268,13 +275,6 @@ class ActiveGRPOTrainer(GRPOTrainer):
         self._new_tokens = 0
         self._split["rollout"] += time.perf_counter() - t0
         return batch
-
-    def _log_async_round(self, out: dict, lags: list[int]) -> None:
-        from posttrain.rollout.producer import gap_by_lag
-        m = self._metrics["train"]
-        for k, v in gap_by_lag(out, lags, self.num_generations).items():  # TRL's old-logprob path only
-            m[k].append(v)
-        self.rollouts.log(self._groups, self.accelerator.process_index)
 
     def training_step(self, *a, **kw):
         out = super().training_step(*a, **kw)

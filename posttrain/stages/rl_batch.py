@@ -45,25 +45,6 @@ def step_time_split(rollout: float, sync: float, step: float, new_tokens: float 
             "rollout/new_tokens_per_s": new_tokens / gen if gen > 0 else 0.0}
 
 
-def rollout_gap(batch: dict) -> dict[str, float | None]:
-    """KL(rollout engine || trainer) over completion tokens, from the engine's sampled-token
-    logprobs and the trainer's: the k3 estimator E[r - 1 - log r], r = p_trainer / p_engine,
-    which is >= 0 per token and unbiased under the engine's samples. TRL logs the mean |delta|.
-
-    >>> lp = torch.log(torch.tensor([[0.5, 0.25]]))
-    >>> b = {"old_per_token_logps": lp, "sampling_per_token_logps": lp, "completion_mask": torch.ones(1, 2)}
-    >>> rollout_gap(b)["sampling/kl_k3"]
-    0.0
-    """
-    old, samp = batch.get("old_per_token_logps"), batch.get("sampling_per_token_logps")
-    if old is None or samp is None:
-        return {"sampling/kl_k3": None}
-    mask = batch["completion_mask"].bool() & ~torch.isnan(samp)
-    log_r = (old - samp)[mask].float()
-    kl = (log_r.exp() - 1 - log_r).mean().item() if log_r.numel() else 0.0
-    return {"sampling/kl_k3": kl}
-
-
 def refill_size(short: int, seen: int, kept: int, want: int) -> int:
     """Prompts to draw for a refill round: enough to cover `short` missing groups at the signal
     rate seen so far this step (kept / seen groups), never more than a full batch.

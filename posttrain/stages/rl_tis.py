@@ -67,11 +67,12 @@ class GapStats:
     (False, {})
     """
 
-    def __init__(self, lag_slots: int = 0):
+    def __init__(self, lag_slots: int = 0, trl_logged: bool = False):
         """`lag_slots`: lags 0 .. lag_slots - 1 are told apart (async: async_steps + 1, the producer's
-        staleness bound, rollout/producer.py); 0 for none."""
+        staleness bound, rollout/producer.py); 0 for none. `trl_logged`: TRL's old-logprob pass ran
+        and logged its own `sampling/*` gap keys, so `finish` returns only `sampling/kl_k3` and `async/*`."""
         self.sums = self.peaks = None  # device vectors: [n, |d|, k3, n_ratio, ratio, n_lag.., |d|_lag.., k3_lag..]
-        self.slots = lag_slots
+        self.slots, self.trl_logged = lag_slots, trl_logged
 
     def add(self, old, sampling, mask, ratio, lags: torch.Tensor | None = None) -> None:
         """One micro-batch: the training forward's log-probs (detached), the engine's, the completion
@@ -113,6 +114,8 @@ class GapStats:
                "sampling/importance_sampling_ratio/mean": s[4] / nr,
                "sampling/importance_sampling_ratio/max": p[1] if s[3] else 0.0,
                "sampling/importance_sampling_ratio/min": -p[2] if s[3] else 0.0}
+        if self.trl_logged:
+            out = {"sampling/kl_k3": out["sampling/kl_k3"]}
         if slots:
             cnt, gap, k3 = s[5:5 + slots], s[5 + slots:5 + 2 * slots], s[5 + 2 * slots:5 + 3 * slots]
             for lag in range(slots):
