@@ -10,6 +10,12 @@
 # async4_slack_lognormal: async_steps 4 with LOOKAHEAD (2) steps of orders: a group whose completions
 # run long may slip up to 2 steps while finished groups train (rollout/producer.py); its steps 1-3
 # train from the fill, so its first steady step is 4.
+# async6_slack_lognormal: the same with async_steps 6 (still lookahead 2, so the same fill and first
+# steady step). Why 6: a group's completions get N steps from order to deadline. On 2026-12-07 (H100)
+# the server ran ~260-310 requests at ~25-30 tokens/s each beside training, so an 8K-capped completion
+# takes ~270-330 s, while the engine's ~7.7-8.1K tokens/s makes a 32 x 8 step's ~0.5M tokens in ~63 s:
+# 4 steps (~250 s) do not cover the tail, 6 (~380 s) do, and then the engine's rate sets the step.
+# open-instruct's default async_steps is 8.
 # A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
 # calls back to back): staging (~30 s), `WARM_S=330 warm` (289-336 s cold on an H100 with the install,
 # 2026-12-07), then one async row alone in a call with `PROMPTS=32 BUDGET_S=555` (an async row needs
@@ -60,7 +66,7 @@
 # a 0.3 server the trainer needs ~33 GB + fragmentation of the ~48 GB left. One GPU shared by a
 # server and a trainer is async's own cost.
 set -uo pipefail
-what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal async4_slack_lognormal sync_fixed512 async1_fixed512}
+what=${1:?row: warm sync_lognormal async1_lognormal async2_lognormal async4_slack_lognormal async6_slack_lognormal sync_fixed512 async1_fixed512}
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
 # vLLM's INFO lines (KV-cache size, max concurrency, the 10 s stats: running requests, KV usage) said
 # whether the server's KV cache capped its batch; on 2026-12-07 none reached the logs, only uvicorn's.
@@ -109,6 +115,7 @@ case $what in
   sync_fixed512)    sync_row --lengths fixed:512 --steps "${STEPS:-12}" ;;
   async1_fixed512)  async_row --async-steps 1 --lengths fixed:512 --steps "${ASTEPS:-12}" ;;
   async4_slack_lognormal) LOOKAHEAD=${LOOKAHEAD:-2} async_row --async-steps 4 --lengths "$LN" --steps "${ASTEPS:-12}" ;;
+  async6_slack_lognormal) LOOKAHEAD=${LOOKAHEAD:-2} async_row --async-steps 6 --lengths "$LN" --steps "${ASTEPS:-12}" ;;
   *) echo "unknown row $what"; exit 2 ;;
 esac
 # $OUT returns 8 files at most: with the cache parts, drop the per-step files (the JSON holds them)
