@@ -26,3 +26,19 @@ def is_main_process() -> bool:
     """The one process that writes run files and talks (global rank 0); the same answer as
     accelerate's `PartialState().is_main_process` and the Trainer's `is_world_process_zero`."""
     return rank() == 0
+
+
+def zero_stage() -> int:
+    """The DeepSpeed ZeRO stage this launch trains with (0 without DeepSpeed): `accelerate launch`
+    exports it when its config names the stage, else the path of the DeepSpeed JSON that holds it
+    (accelerate/utils/launch.py, `ACCELERATE_DEEPSPEED_ZERO_STAGE` / `ACCELERATE_DEEPSPEED_CONFIG_FILE`)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return 0
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
+    import json
+    try:
+        with open(os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")) as f:
+            return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError, TypeError):
+        return 0

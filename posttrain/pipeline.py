@@ -231,6 +231,7 @@ class Pipeline:
             return self.run_dir.done(p.name).summary
         work.mkdir(parents=True, exist_ok=True)
         mix, ev = self.train_mix(p.name), self.eval_mix(p.name)
+        self._memory_preflight(p.name, st)
         ctx = StageContext(recipe=self.recipe, name=p.name, stage=st, work_dir=work,
                            init_dir=self.stage_dir(st.init_from) / "model" if st.init_from else None,
                            chat_template=self.template, mix=mix, eval_rows=ev.rows if ev else [])
@@ -254,6 +255,18 @@ class Pipeline:
         self.run_dir.swap_in(p.name, work)
         state.wait_for_everyone()
         return summary
+
+    def _memory_preflight(self, name: str, st) -> None:
+        """The stage's memory estimate against this GPU, warned about before the model loads (memory.preflight)."""
+        import torch
+        if not (torch.cuda.is_available() and is_main_process()):
+            return
+        from posttrain.launch import world_size, zero_stage
+        from posttrain.memory import GB, preflight
+        gpu_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB
+        warning = preflight(name, st, self.recipe.cfg.model.name, world_size(), zero_stage(), gpu_gb)
+        if warning:
+            log.warning(warning)
 
     def _recipe_yaml(self, stage: str | None = None) -> str:
         r = self.recipe

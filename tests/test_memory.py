@@ -72,3 +72,45 @@ def test_dry_run_prints_estimates_without_data(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "data not resolved here" in out and "ZeRO-3" in out and "total GB/GPU" in out
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("env,stage", [
+    ({}, 0),                                                                    # no DeepSpeed: plain / DDP
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, 2),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "recipes/deepspeed/zero3.json"}, 3),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "no/such.json"}, 0),
+])
+def test_zero_stage_from_what_accelerate_launch_exports(env, stage, monkeypatch):
+    from posttrain.launch import zero_stage
+    for k in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert zero_stage() == stage
+
+
+@pytest.mark.parametrize("gpu_gib,env,said", [
+    # the 7B SFT throughput recipe on one 80 GB card: it ran out of memory on 2026-12-07
+    (80, {}, "sft: the memory estimate is 119.5 GB per GPU (weights, gradients and optimizer 83.0,"),
+    (141, {}, None),  # one H200: it ran (peak 107.6 GB)
+    (80, {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+     "sft: the memory estimate is 91.8 GB per GPU (weights, gradients and optimizer 55.4,"),  # states halved
+    (141, {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, None),
+])
+def test_a_stage_over_the_gpus_memory_is_warned_about_before_its_model_loads(gpu_gib, env, said, monkeypatch, caplog):
+    import types
+
+    import torch
+
+    from posttrain.pipeline import Pipeline
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    props = types.SimpleNamespace(total_memory=gpu_gib * GB)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    recipe = load_recipe("benchmarks/recipes/olmo-hybrid-7b-throughput.yaml")
+    with caplog.at_level("WARNING"):
+        Pipeline(recipe)._memory_preflight("sft", recipe.stages["sft"])
+    warned = [r.getMessage() for r in caplog.records if "memory estimate" in r.getMessage()]
+    assert [w[:len(said)] for w in warned] == ([said] if said else [])
