@@ -24,7 +24,7 @@
 # with what is left (~117 s a step after `warm`). Rows in order of interest: `async6_slack_lognormal`,
 # `async4_slack_lognormal`, `MAX_SEQS=256 async2_lognormal`. The whole plan needs ~1,300 device-seconds
 # with the machine's start: after a failed start or two (90-180 s each) it no longer fits a session.
-# So run `warm` with SAVE_CACHE=1 once and keep its parts (kcache.tgz.part-*) in the ignored kernel-cache/
+# So run `warm` with SAVE_CACHE=1 CACHE_NAME=kcache-rl once and keep its parts beside the 7B set in kernel-cache/
 # (scripts/kernel_cache.sh): carried with the install call of a later session, they replace `warm`
 # (on 2026-12-07 a carried 7B-width cache made a 7B SFT stage's first step 20.2 s on a new machine).
 # 32 prompts, not 64: a 32 x 8 synchronous step at the 8K cap took

@@ -1,7 +1,7 @@
 # Sourced by the GPU jobs (gpu_async_rl.sh, gpu_throughput.sh): one folder for every kernel cache
 # (Triton, tilelang, inductor, vLLM's compile cache). A machine forgets its disk when it goes back,
 # and a cold 7B-width step compiles and autotunes for 3-5 minutes of a 30-minute session:
-# `SAVE_CACHE=1` tars the folder back through $OUT in 15 MiB parts (kcache.tgz.part-*); put them in
+# `SAVE_CACHE=1` tars the folder back through $OUT in 15 MiB parts (CACHE_NAME.tgz.part-*); put them in
 # the ignored folder kernel-cache/ and name it in `carry`, and the next machine of the session
 # starts warm. Needs $out set. Defines save_cache.
 # A call carries 64 MiB at most, tree included: with `stage_gpu.sh train` the last wheel set (41 MB) and
@@ -10,12 +10,20 @@
 kc=${KERNEL_CACHE:-/tmp/posttrain-kernels}
 export TRITON_CACHE_DIR=$kc/triton TORCHINDUCTOR_CACHE_DIR=$kc/inductor TILELANG_CACHE_DIR=$kc/tilelang VLLM_CACHE_ROOT=$kc/vllm
 mkdir -p "$kc"
-if ls kernel-cache/kcache.tgz.part-* >/dev/null 2>&1 && [ ! -e "$kc/.restored" ]; then
-  cat kernel-cache/kcache.tgz.part-* | tar -xzf - -C "$kc" && touch "$kc/.restored" && echo "kernel cache restored: $(du -sh "$kc" | cut -f1)"
+# Several saved sets may sit side by side (CACHE_NAME names a set: e.g. kcache for the 7B's widths,
+# kcache-rl for the RL rows'); every set there is restored, into the one folder.
+if [ ! -e "$kc/.restored" ]; then
+  for first in kernel-cache/*.tgz.part-aa; do
+    [ -e "$first" ] || continue
+    cat "${first%aa}"* | tar -xzf - -C "$kc" && echo "kernel cache $(basename "${first%.tgz.part-aa}") restored"
+    touch "$kc/.restored"
+  done
+  [ -e "$kc/.restored" ] && echo "kernel caches: $(du -sh "$kc" | cut -f1)"
 fi
 save_cache() {
   [ "${SAVE_CACHE:-0}" = 1 ] || return 0
-  rm -f "$out"/kcache.tgz.part-*
-  tar -czf - -C "$kc" --exclude=.restored . | split -b 15M - "$out/kcache.tgz.part-"
-  ls -la "$out"/kcache.tgz.part-*
+  local name=${CACHE_NAME:-kcache}
+  rm -f "$out/$name".tgz.part-*
+  tar -czf - -C "$kc" --exclude=.restored . | split -b 15M - "$out/$name.tgz.part-"
+  ls -la "$out/$name".tgz.part-*
 }
