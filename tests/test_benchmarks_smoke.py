@@ -160,11 +160,23 @@ def test_kernel_cache_parts_round_trip_to_the_next_machine(tmp_path):
     (second / "kernel-cache").mkdir()
     for p in parts:
         shutil.copy(p, second / "kernel-cache")
+    # a second named set (another machine's, other shapes) sits beside it and is restored too
+    third = tmp_path / "third"
+    (third / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "kernel_cache.sh", third / "scripts")
+    (third / "out").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "out": str(third / "out"), "KERNEL_CACHE": str(third / "kc"), "SAVE_CACHE": "1",
+           "CACHE_NAME": "kcache-rl"}
+    subprocess.run(["bash", "-c", '. scripts/kernel_cache.sh && mkdir -p "$VLLM_CACHE_ROOT" && '
+                    'echo graphs > "$VLLM_CACHE_ROOT/g.bin" && save_cache'], cwd=third, env=env, check=True)
+    for p in (third / "out").glob("kcache-rl.tgz.part-*"):
+        shutil.copy(p, second / "kernel-cache")
     env = {"PATH": "/usr/bin:/bin", "out": str(second / "out"), "KERNEL_CACHE": str(second / "kc")}
     r = subprocess.run(["bash", "-c", ". scripts/kernel_cache.sh && save_cache"], cwd=second, env=env,
                        capture_output=True, text=True, check=True)
-    assert "kernel cache restored" in r.stdout
+    assert "kernel cache kcache restored" in r.stdout and "kernel cache kcache-rl restored" in r.stdout
     assert (second / "kc" / "triton" / "k.json").read_text() == "autotuned\n"
+    assert (second / "kc" / "vllm" / "g.bin").read_text() == "graphs\n"
     assert not (second / "out").exists()  # without SAVE_CACHE nothing is written back
 
 
