@@ -150,9 +150,14 @@ class ActiveGRPOTrainer(GRPOTrainer):
         finally:
             self._loss_inputs = None
 
+    @staticmethod
+    def _loss_mask(batch: dict) -> torch.Tensor:
+        """The tokens TRL's loss (and its ratio) covers: completion tokens, less tool output (`_compute_loss`)."""
+        mask = batch["completion_mask"]
+        return mask * batch["tool_mask"] if "tool_mask" in batch else mask
+
     def _fill_tis(self, inputs: dict, logps: torch.Tensor) -> None:
-        mask = inputs["completion_mask"]
-        mask = mask * inputs["tool_mask"] if "tool_mask" in inputs else mask  # as TRL's _compute_loss
+        mask = self._loss_mask(inputs)
         samp = inputs["sampling_per_token_logps"]
         ratio = tis_ratio(logps, samp, mask, self.vllm_importance_sampling_mode,
                           self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max)
@@ -209,7 +214,7 @@ class ActiveGRPOTrainer(GRPOTrainer):
         if not skip_old and "old_per_token_logps" in out and "sampling_per_token_logps" in out:
             # TRL's old-logprob pass ran (mini_batches > 1, vespo) and logged its own gap keys; add the k3
             # and per-lag figures from the same tensors, over every row of the round as TRL's are.
-            mask = out["completion_mask"] * out["tool_mask"] if "tool_mask" in out else out["completion_mask"]
+            mask = self._loss_mask(out)
             ratio = out.get("importance_sampling_ratio", torch.ones_like(mask, dtype=torch.float))
             self._step_gap(trl_logged=True).add(out["old_per_token_logps"], out["sampling_per_token_logps"],
                                                mask, ratio, out.get("rollout_lag"))
