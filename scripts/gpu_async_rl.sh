@@ -16,17 +16,19 @@
 # takes ~270-330 s, while the engine's ~7.7-8.1K tokens/s makes a 32 x 8 step's ~0.5M tokens in ~63 s:
 # 4 steps (~250 s) do not cover the tail, 6 (~380 s) do, and then the engine's rate sets the step.
 # open-instruct's default async_steps is 8.
-# A session's device plan (1,800 s, 600 a call, the machine goes back 30 s after a call: make the
-# calls back to back): staging (~30 s), `WARM_S=330 warm` (289-336 s cold on an H100 with the install,
-# 2026-12-07), then one async row alone in a call with `PROMPTS=32 BUDGET_S=555` (an async row needs
-# lookahead + 3 steps for two steady ones: the first lookahead + 1 train from the fill; on 2026-12-07
-# the fill ended at 313 s and backlog steps took 39 s), then `PROMPTS=32 BUDGET_S=300 sync_lognormal`
-# with what is left (~117 s a step after `warm`). Rows in order of interest: `async6_slack_lognormal`,
-# `async4_slack_lognormal`, `MAX_SEQS=256 async2_lognormal`. The whole plan needs ~1,300 device-seconds
-# with the machine's start: after a failed start or two (90-180 s each) it no longer fits a session.
-# So run `warm` with SAVE_CACHE=1 CACHE_NAME=kcache-rl once and keep its parts beside the 7B set in kernel-cache/
-# (scripts/kernel_cache.sh): carried with the install call of a later session, they replace `warm`
-# (on 2026-12-07 a carried 7B-width cache made a 7B SFT stage's first step 20.2 s on a new machine).
+# Ran 2026-12-07 (tenth session, H100): async6 (lookahead 2) 7,395 completion tokens trained/s over its
+# two steady steps (56 s each) against sync's 5,744 (4 steps, 83 s): 1.29x; between its orders the
+# server drained to 0 running while the trainer ate the fill's backlog, so two steady steps say little
+# (benchmarks/RESULTS.md, tenth session). Next, a row long enough for ~8 steady steps, run detached over
+# two calls (scripts/detach.sh; the machine keeps a setsid job between back-to-back calls):
+#   call 5 (carry .gpu-wheels-5 and kernel-cache/kcache-rl.tgz.part-a{a,b}: 13 + 20 MB + the tree's 7): install, then
+#     bash scripts/detach.sh start a6 env PROMPTS=32 BUDGET_S=900 bash scripts/gpu_async_rl.sh async6_slack_lognormal
+#     bash scripts/detach.sh wait a6 540
+#   call 6: bash scripts/detach.sh wait a6 560   (returns the row's files)
+#   call 7: PROMPTS=32 BUDGET_S=480 bash scripts/gpu_async_rl.sh sync_lognormal
+# kcache-rl is this script's `warm` row's caches (saved 2026-12-07 on an H100), so no `warm` row:
+# its first step loads kernels instead of compiling them. ~1,650 device-seconds with staging and the
+# start: one failed start leaves room for the async row alone; then run sync in the next session.
 # 32 prompts, not 64: a 32 x 8 synchronous step at the 8K cap took
 # 89-137 s on an H100 (73-81% generation), so a 64 x 8 sync row cannot time two steps in one call.
 # async2, not async1: with async_steps 1 a step still waits for its own longest completion.

@@ -180,6 +180,35 @@ def test_kernel_cache_parts_round_trip_to_the_next_machine(tmp_path):
     assert not (second / "out").exists()  # without SAVE_CACHE nothing is written back
 
 
+def test_detached_job_outlives_its_call_and_returns_its_files(tmp_path):
+    """scripts/detach.sh: `start` returns at once and the job runs on without the calling shell;
+    `wait` says "still running" (rc 3) until it ends, prints only new log lines, then copies the
+    job's $OUT into the waiting call's $OUT."""
+    import subprocess
+    script = str(ROOT / "scripts" / "detach.sh")
+    env = {"PATH": "/usr/bin:/bin", "DETACH_DIR": str(tmp_path / "jobs")}
+    job = 'echo first; while [ ! -e "$0" ]; do sleep 0.2; done; echo second; echo figures > "$OUT/row.json"; exit 7'
+    gate = tmp_path / "gate"
+    r = subprocess.run(["bash", script, "start", "row", "bash", "-c", job, str(gate)], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "row started" in r.stdout
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    out1.mkdir(), out2.mkdir()
+    r = subprocess.run(["bash", script, "wait", "row", "3"], env={**env, "OUT": str(out1)},
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 3 and "first" in r.stdout and "still running" in r.stdout
+    assert not list(out1.iterdir())
+    gate.touch()
+    r = subprocess.run(["bash", script, "wait", "row", "20"], env={**env, "OUT": str(out2)},
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "second" in r.stdout and "first" not in r.stdout  # only lines the last wait did not print
+    assert "ended rc=7" in r.stdout
+    assert (out2 / "row.json").read_text() == "figures\n"
+    r = subprocess.run(["bash", script, "wait", "gone", "1"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "no job gone" in r.stdout
+
+
 def test_merged_gdn_projections_are_the_same_function():
     """benchmarks/gdn_projections.py: merging the six GEMMs changes no output or gradient (fp32)."""
     import gdn_projections as gp
