@@ -21,10 +21,11 @@
 # server drained to 0 running while the trainer ate the fill's backlog, so two steady steps say little
 # (benchmarks/RESULTS.md, tenth session). Next, a row long enough for ~8 steady steps, run detached over
 # two calls (scripts/detach.sh; the machine keeps a setsid job between back-to-back calls):
-#   call 5 (carry .gpu-wheels-5 and kernel-cache/kcache-rl.tgz.part-a{a,b}: 13 + 20 MB + the tree's 7): install, then
+#   call 5 (carry .gpu-wheels-5 and kernel-cache/kcache-rl.tgz.part-a{a,b}: 13 + 20 MB + the tree's 7):
+#     bash /tmp/gw/install.sh && export PYTHONPATH=/tmp/site   (the job inherits the environment)
 #     bash scripts/detach.sh start a6 env PROMPTS=32 BUDGET_S=900 bash scripts/gpu_async_rl.sh async6_slack_lognormal
-#     bash scripts/detach.sh wait a6 540
-#   call 6: bash scripts/detach.sh wait a6 560   (returns the row's files)
+#     bash scripts/detach.sh wait a6 480   (the install takes ~40-60 s of the call)
+#   call 6: bash scripts/detach.sh wait a6 560   (rc 0 and the row's files once it has ended; rc 3: call again)
 #   call 7: PROMPTS=32 BUDGET_S=480 bash scripts/gpu_async_rl.sh sync_lognormal
 # kcache-rl is this script's `warm` row's caches (saved 2026-12-07 on an H100), so no `warm` row:
 # its first step loads kernels instead of compiling them. ~1,650 device-seconds with staging and the
