@@ -171,6 +171,23 @@ def engine_stats(log: Path | list[str], since: float | None, year: int | None = 
             "waiting_max": max(r[3] for r in rows), "kv_use_max_pct": max(r[4] for r in rows)}
 
 
+def pace(tokens_per_step: float | None, engine: dict | None, train_s: float | None) -> dict | None:
+    """What sets an async row's steady step on one GPU: the seconds the server needs for a step's
+    completion tokens at the rate it held beside training, against the trainer's own seconds a step.
+    The larger is the step's floor; a measured step above it waited on the tail (or the server idled).
+
+    >>> pace(460_000, {"gen_tokens_per_s": 9200.0}, 33.0)
+    {'engine_s_per_step': 50.0, 'train_s_per_step': 33.0, 'bound_s_per_step': 50.0, 'bound': 'engine'}
+    >>> pace(460_000, None, 33.0) is None
+    True
+    """
+    if not tokens_per_step or not engine or not engine.get("gen_tokens_per_s") or train_s is None:
+        return None
+    gen = tokens_per_step / engine["gen_tokens_per_s"]
+    return {"engine_s_per_step": round(gen, 1), "train_s_per_step": round(train_s, 1),
+            "bound_s_per_step": round(max(gen, train_s), 1), "bound": "engine" if gen >= train_s else "trainer"}
+
+
 def gpu_memory_by_pid() -> dict[int, float]:
     try:
         out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
@@ -304,6 +321,7 @@ def main(argv=None) -> dict:
             return sum(vals) / len(vals) if vals else None
         blocked = [r.get("async/wait_s") if is_async else r.get("time/generation_s") for r in steady]
         gap = {k: mean(k) for k in sorted({k for r in steady for k in r if k.startswith("async/")})}
+        engine = engine_stats(server_log, ends_wall[skip - 1] if skip else None) if is_async and gpu else None
         out = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if gpu else "cpu",
                "mode": a.mode, "async_steps": a.async_steps if is_async else 0, "weight_sync_steps": a.weight_sync_steps,
                "lookahead": trainer.rollouts.lookahead if is_async else None,
@@ -319,7 +337,8 @@ def main(argv=None) -> dict:
                "is_ratio_max": mean("sampling/importance_sampling_ratio/max"),
                "weight_sync_s": mean("time/weight_sync_s"), "mean_completion_len": mean("completions/mean_length"),
                "async": gap,
-               "engine": engine_stats(server_log, ends_wall[skip - 1] if skip else None) if is_async and gpu else None,
+               "engine": engine,
+               "pace": pace(sum(tokens[skip:]) / len(steady) if steady else None, engine, mean("time/train_s")),
                # the metrics reset torch's peak every logging step: the row's peak is the steps' largest
                "trainer_peak_gb": max((r.get("mem/peak_allocated_gb") or 0 for r in logs), default=None) if gpu else None,
                "gpu_gb_by_pid_at_end": {str(k): v for k, v in mem.items()}, "per_step": logs}

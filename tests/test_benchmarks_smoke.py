@@ -180,6 +180,16 @@ def test_kernel_cache_parts_round_trip_to_the_next_machine(tmp_path):
     assert not (second / "out").exists()  # without SAVE_CACHE nothing is written back
 
 
+def test_async_rl_benchmark_doctests():
+    """The benchmark's pure helpers (engine_stats, pace, ...) carry their examples as doctests, which
+    the suite's --doctest-modules does not collect under benchmarks/."""
+    import doctest
+
+    import async_rl
+    r = doctest.testmod(async_rl)
+    assert r.failed == 0 and r.attempted >= 4
+
+
 def test_detached_job_outlives_its_call_and_returns_its_files(tmp_path):
     """scripts/detach.sh: `start` returns at once and the job runs on without the calling shell;
     `wait` says "still running" (rc 3) until it ends, prints only new log lines, then copies the
