@@ -23,10 +23,16 @@
 # two calls (scripts/detach.sh; the machine keeps a setsid job between back-to-back calls):
 #   call 5 (carry .gpu-wheels-5 and kernel-cache/kcache-rl.tgz.part-a{a,b}: 13 + 20 MB + the tree's 7):
 #     bash /tmp/gw/install.sh && export PYTHONPATH=/tmp/site   (the job inherits the environment)
-#     bash scripts/detach.sh start a6 env PROMPTS=32 BUDGET_S=900 bash scripts/gpu_async_rl.sh async6_slack_lognormal
+#     bash scripts/detach.sh start a6 env LOOKAHEAD=4 PROMPTS=32 BUDGET_S=900 bash scripts/gpu_async_rl.sh async6_slack_lognormal
 #     bash scripts/detach.sh wait a6 480   (the install takes ~40-60 s of the call)
 #   call 6: bash scripts/detach.sh wait a6 560   (rc 0 and the row's files once it has ended; rc 3: call again)
 #   call 7: PROMPTS=32 BUDGET_S=480 bash scripts/gpu_async_rl.sh sync_lognormal
+# Why lookahead 4 (not 2, as run): by Little's law a step finds its 32 groups finished only if ~32 x
+# (a group's latency / the step) are in flight. A group ends with the longest of its 8 completions: for
+# log-normal mean 2,048 cap 8,192 that is ~5K tokens at the median, the cap for 21% of groups, i.e.
+# ~100-165 s at the ~50 tokens/s a request got beside training, against ~45-56 s steps: ~70 groups in
+# flight, where lookahead 2 held 64 (and step 5 waited 30 s). Lookahead 4 holds up to ~160 and leaves
+# slack 2, enough for a capped group (~3.3 steps); staleness ~4. The fill is then 5 steps (~1,280 requests).
 # kcache-rl is this script's `warm` row's caches (saved 2026-12-07 on an H100), so no `warm` row:
 # its first step loads kernels instead of compiling them. ~1,650 device-seconds with staging and the
 # start: one failed start leaves room for the async row alone; then run sync in the next session.
