@@ -26,7 +26,8 @@
 #     bash scripts/detach.sh start a6 env LOOKAHEAD=4 PROMPTS=32 BUDGET_S=900 bash scripts/gpu_async_rl.sh async6_slack_lognormal
 #     bash scripts/detach.sh wait a6 480   (the install takes ~40-60 s of the call)
 #   call 6: bash scripts/detach.sh wait a6 560   (rc 0 and the row's files once it has ended; rc 3: call again)
-#   call 7: PROMPTS=32 BUDGET_S=480 bash scripts/gpu_async_rl.sh sync_lognormal
+#   call 7: PROMPTS=32 BUDGET_S=<what is left - 40, at most 480> bash scripts/gpu_async_rl.sh sync_lognormal
+#     (ready ~55 s, then ~83 s a step on an H100: 300 s still times 2 steps)
 # Why lookahead 4 (not 2, as run): by Little's law a step finds its 32 groups finished only if ~32 x
 # (a group's latency / the step) are in flight. A group ends with the longest of its 8 completions: for
 # log-normal mean 2,048 cap 8,192 that is ~5K tokens at the median, the cap for 21% of groups, i.e.
@@ -34,8 +35,9 @@
 # flight, where lookahead 2 held 64 (and step 5 waited 30 s). Lookahead 4 holds up to ~160 and leaves
 # slack 2, enough for a capped group (~3.3 steps); staleness ~4. The fill is then 5 steps (~1,280 requests).
 # kcache-rl is this script's `warm` row's caches (saved 2026-12-07 on an H100), so no `warm` row:
-# its first step loads kernels instead of compiling them. ~1,650 device-seconds with staging and the
-# start: one failed start leaves room for the async row alone; then run sync in the next session.
+# its first step loads kernels instead of compiling them. ~1,550 device-seconds with staging (~110 with
+# the start), the async row (~950 over calls 5-6) and sync at 480; after one failed start (90-180 s),
+# give sync what is left.
 # 32 prompts, not 64: a 32 x 8 synchronous step at the 8K cap took
 # 89-137 s on an H100 (73-81% generation), so a 64 x 8 sync row cannot time two steps in one call.
 # async2, not async1: with async_steps 1 a step still waits for its own longest completion.
