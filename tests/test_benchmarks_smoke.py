@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -197,7 +198,9 @@ def test_detached_job_outlives_its_call_and_returns_its_files(tmp_path):
     import subprocess
     script = str(ROOT / "scripts" / "detach.sh")
     env = {"PATH": "/usr/bin:/bin", "DETACH_DIR": str(tmp_path / "jobs")}
-    job = 'echo first; while [ ! -e "$0" ]; do sleep 0.2; done; echo second; echo figures > "$OUT/row.json"; exit 7'
+    # the job reports its session id: the device machine spares only a job in a session of its own
+    job = ('echo first sid=$(cut -d" " -f6 /proc/$$/stat); while [ ! -e "$0" ]; do sleep 0.2; done; '
+           'echo second; echo figures > "$OUT/row.json"; exit 7')
     gate = tmp_path / "gate"
     r = subprocess.run(["bash", script, "start", "row", "bash", "-c", job, str(gate)], env=env,
                        capture_output=True, text=True, timeout=30)
@@ -207,6 +210,8 @@ def test_detached_job_outlives_its_call_and_returns_its_files(tmp_path):
     r = subprocess.run(["bash", script, "wait", "row", "3"], env={**env, "OUT": str(out1)},
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 3 and "first" in r.stdout and "still running" in r.stdout
+    sid = int(r.stdout.split("sid=")[1].split()[0])
+    assert sid != os.getsid(0)
     assert not list(out1.iterdir())
     gate.touch()
     r = subprocess.run(["bash", script, "wait", "row", "20"], env={**env, "OUT": str(out2)},
