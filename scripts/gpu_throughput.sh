@@ -16,6 +16,11 @@
 # SAVE_CACHE=1 returns the kernel caches (scripts/kernel_cache.sh): carry them to a later machine.
 # PACKING_MODES='stock fused' times only what the 2.0x target compares, for a short call; 12 timed steps
 # after 2 warm-up passes (PACKING_STEPS): with 4 steps and 1 pass the ratio moved 1.94-2.00x between runs.
+# A part longer than one call (a cold `packing`: 500 s were not enough to compile the 1.36B's widths on
+# 2026-12-07) runs detached across back-to-back calls, saving its caches for the next machine:
+#   bash scripts/detach.sh start pk env PACKING_S=1000 PACKING_MODES='stock fused head' SAVE_CACHE=1 \
+#       CACHE_NAME=kcache-1b bash scripts/gpu_throughput.sh packing
+#   bash scripts/detach.sh wait pk 560        (again in the next call until it says ended)
 set -uo pipefail
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_DATASETS_DISABLE_PROGRESS_BARS=1
 out=${OUT:-benchmarks/results}
