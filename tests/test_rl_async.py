@@ -105,6 +105,26 @@ def test_slack_trains_finished_groups_past_a_slow_one_until_its_deadline():
     assert m["async/staleness_max"] == 2.0 and m["async/slipped"] == 0.0
 
 
+def test_group_latency_runs_from_order_to_done():
+    """async/group_latency_s_*: seconds from a group's order to its last completion, over the groups
+    a step took (the figure that sizes lookahead), whether the trainer waited for them or not."""
+    import time
+    q = PromptQueue([{}] * 50, seed=0, skip_solved_rate=2.0)
+    eng = ManualEngine()
+    p = RolloutProducer(eng, q, lambda i: [i], G, prompts_per_step=2, async_steps=1)
+    p.step_start(None, 0)  # orders steps 0 and 1
+    time.sleep(0.2)
+    eng.finish(lambda job, f: job.step == 0)
+    time.sleep(0.2)  # done before the trainer asks: latency stops at done, not at the ask
+    p.primary(2)
+    m = p.step_metrics()
+    assert 0.2 <= m["async/group_latency_s_mean"] <= m["async/group_latency_s_max"] < 0.35
+    p.step_start(None, 1)
+    eng.finish()
+    p.primary(2)
+    assert p.step_metrics()["async/group_latency_s_max"] >= 0.4  # step 1's groups: ordered at step 0
+
+
 @pytest.mark.parametrize("n_async,k,look", [(2, 1, 0), (2, 1, 1), (4, 1, 2), (4, 2, 1), (3, 1, 3)])
 def test_slack_keeps_the_bound_and_trains_every_group_once(n_async, k, look):
     """Groups finish in a random order; every step still gets its batch, no group is older than

@@ -103,6 +103,7 @@ class RolloutProducer:
         self.step = 0
         self.wait_s = 0.0
         self._lags: list[int] = []
+        self._latency: list[float] = []
         self._orders = 0
 
     def _order(self, idxs: list[int], urgent: bool = False, step: int | None = None) -> list[Future]:
@@ -113,7 +114,11 @@ class RolloutProducer:
             mt = self.max_tokens_fn(i, self.g) if self.max_tokens_fn else None
             jobs.append(RolloutJob(i, self.tokenize(i), self.g, self.version, seed, urgent, mt,
                                    self.step if step is None else step))
+        t0 = time.perf_counter()
         futs = self.engine.submit(jobs)
+        for f in futs:  # order-to-done latency, the figure that sizes lookahead (step_metrics)
+            f.ordered_at = t0
+            f.add_done_callback(lambda f: setattr(f, "done_at", time.perf_counter()))
         if step is not None:
             self.ahead.extend((step, i, f) for i, f in zip(idxs, futs))
         return futs
@@ -165,6 +170,8 @@ class RolloutProducer:
         out = [f.result() for f in futs]  # an engine error re-raises here, on the training thread
         self.wait_s += time.perf_counter() - t0
         self._lags += [self.step - gr.version for gr in out]
+        # a waiter can wake before the future's callbacks have run: then it is done about now
+        self._latency += [getattr(f, "done_at", time.perf_counter()) - f.ordered_at for f in futs]
         return out
 
     def in_flight(self) -> list[int]:
@@ -173,13 +180,19 @@ class RolloutProducer:
 
     def step_metrics(self) -> dict[str, float]:
         """Over every group the step took (refills included): staleness in optimizer steps, the
-        trainer's seconds blocked waiting for rollouts, groups still in flight for later steps."""
-        lag = self._lags
+        trainer's seconds blocked waiting for rollouts, groups still in flight for later steps, and
+        seconds from order to the group's last completion. The latency sizes the schedule: a step
+        waits less when lookahead + 1 steps outlast the mean (Little's law: that many steps' groups
+        in flight) and async_steps steps outlast the max (README, async RL)."""
+        lag, lat = self._lags, self._latency
         out = {"async/staleness_mean": sum(lag) / max(len(lag), 1), "async/staleness_max": float(max(lag, default=0)),
                "async/wait_s": self.wait_s, "async/in_flight": float(len(self.ahead))}
+        if lat:
+            out["async/group_latency_s_mean"] = sum(lat) / len(lat)
+            out["async/group_latency_s_max"] = max(lat)
         if self.slack:  # groups ordered for this step or earlier that a finished group stood in for
             out["async/slipped"] = float(sum(s <= self.step for s, _, _ in self.ahead))
-        self.wait_s, self._lags = 0.0, []
+        self.wait_s, self._lags, self._latency = 0.0, [], []
         return out
 
     def log(self, groups: list[RolloutGroup], rank: int) -> None:
