@@ -22,7 +22,8 @@
 # (benchmarks/RESULTS.md, tenth session). Next, a row long enough for ~8 steady steps, run detached over
 # two calls (scripts/detach.sh; the machine keeps a setsid job between back-to-back calls):
 #   call 5 (carry .gpu-wheels-5 and kernel-cache/kcache-rl.tgz.part-a{a,b}: 13 + 20 MB + the tree's 7):
-#     bash /tmp/gw/install.sh && export PYTHONPATH=/tmp/site   (the job inherits the environment)
+#     mkdir -p /tmp/gw && cp .gpu-wheels-5/* /tmp/gw/ && bash /tmp/gw/install.sh && export PYTHONPATH=/tmp/site
+#     (the job inherits the environment)
 #     bash scripts/detach.sh start a6 env LOOKAHEAD=4 PROMPTS=32 BUDGET_S=900 bash scripts/gpu_async_rl.sh async6_slack_lognormal
 #     bash scripts/detach.sh wait a6 480   (the install takes ~40-60 s of the call)
 #   call 6: bash scripts/detach.sh wait a6 560   (rc 0 and the row's files once it has ended; rc 3: call again)
