@@ -181,6 +181,33 @@ def test_kernel_cache_parts_round_trip_to_the_next_machine(tmp_path):
     assert not (second / "out").exists()  # without SAVE_CACHE nothing is written back
 
 
+def test_kernel_cache_save_leaves_out_the_sets_it_restored(tmp_path):
+    """A machine that restored a set and compiled more saves only what it compiled: its set does not
+    carry the restored one again."""
+    import shutil
+    import subprocess
+    import tarfile
+    for d in ("first", "second"):
+        (tmp_path / d / "scripts").mkdir(parents=True)
+        (tmp_path / d / "out").mkdir()
+        shutil.copy(ROOT / "scripts" / "kernel_cache.sh", tmp_path / d / "scripts")
+    env = {"PATH": "/usr/bin:/bin", "out": str(tmp_path / "first" / "out"), "KERNEL_CACHE": str(tmp_path / "kc1"),
+           "SAVE_CACHE": "1"}
+    subprocess.run(["bash", "-c", '. scripts/kernel_cache.sh && mkdir -p "$TRITON_CACHE_DIR" && '
+                    'echo 7b > "$TRITON_CACHE_DIR/old.json" && save_cache'], cwd=tmp_path / "first", env=env, check=True)
+    (tmp_path / "second" / "kernel-cache").mkdir()
+    for p in (tmp_path / "first" / "out").glob("kcache.tgz.part-*"):
+        shutil.copy(p, tmp_path / "second" / "kernel-cache")
+    env = {**env, "out": str(tmp_path / "second" / "out"), "KERNEL_CACHE": str(tmp_path / "kc2"), "CACHE_NAME": "kcache-1b"}
+    subprocess.run(["bash", "-c", '. scripts/kernel_cache.sh && sleep 1.1 && echo 1b > "$TRITON_CACHE_DIR/new.json" && '
+                    'save_cache'], cwd=tmp_path / "second", env=env, check=True, capture_output=True)
+    parts = sorted((tmp_path / "second" / "out").glob("kcache-1b.tgz.part-*"))
+    (tmp_path / "whole.tgz").write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(tmp_path / "whole.tgz") as t:
+        files = [m.name for m in t.getmembers() if m.isfile()]
+    assert files == ["./triton/new.json"]
+
+
 def test_async_rl_benchmark_doctests():
     """The benchmark's pure helpers (engine_stats, pace, ...) carry their examples as doctests, which
     the suite's --doctest-modules does not collect under benchmarks/."""
