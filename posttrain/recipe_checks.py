@@ -49,18 +49,24 @@ def _check_kernel_cache(r: Recipe, src) -> None:
     """A kernel_cache directory is made on the first GPU stage, after earlier stages ran: say now if it
     cannot be (a file in the way, an unwritable parent), not as a traceback minutes into a run."""
     from posttrain.model.compile_cache import kernel_cache_dir
-    if r.cfg.kernel_cache in ("user", "none"):  # user: resolved per machine, where it runs
+    v = r.cfg.kernel_cache
+    # `kernel_cache: false` reaches a str field as "False", and "" as the working dir: neither is a
+    # directory anyone means, nor is "None" or "User" (the settings are lower case)
+    if not v.strip() or v.lower() in ("true", "false", "yes", "no", "on", "off", "null", "~") or (
+            v.lower() in ("user", "run", "none") and v not in ("user", "run", "none")):
+        raise RecipeError(f"{src}: kernel_cache: {v!r} is not user | run | none or a directory "
+                          "(`none` keeps the libraries' own cache dirs)")
+    if v in ("user", "none"):  # user: resolved per machine, where it runs (unusable there: a warning)
         return
-    d = kernel_cache_dir(r.cfg.kernel_cache, r.output_dir)
-    if d.exists():
-        if not d.is_dir():
-            raise RecipeError(f"{src}: kernel_cache: {d} exists and is not a directory")
-        return
-    parent = next(p for p in d.absolute().parents if p.exists())
+    d = kernel_cache_dir(v, r.output_dir)
+    if d.exists() and not d.is_dir():
+        raise RecipeError(f"{src}: kernel_cache: {d} exists and is not a directory")
+    probe_in = d if d.exists() else next(p for p in d.absolute().parents if p.exists())
     try:  # a probe, not os.access: root passes access checks on read-only mounts and /proc
-        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".posttrain-probe-"))
+        os.rmdir(tempfile.mkdtemp(dir=probe_in, prefix=".posttrain-probe-"))
     except OSError as e:
-        raise RecipeError(f"{src}: kernel_cache: cannot create {d}: {parent}: {e.strerror}") from None
+        what = "cannot write to" if d.exists() else "cannot create"
+        raise RecipeError(f"{src}: kernel_cache: {what} {d}: {probe_in}: {e.strerror}") from None
 
 
 def _is_http_url(url: str) -> bool:

@@ -92,3 +92,37 @@ def test_first_step_time_goes_to_metrics(clean_env, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from stage_metrics import summarize
     assert summarize(recs + [{"step": 2, "loss": 1.0}], gpus=1, warmup=0)["first_step_s"] == recs[0]["first_step_s"]
+
+
+def test_an_unusable_dir_falls_back_to_the_libraries_defaults_and_says_why(clean_env, tmp_path, caplog):
+    """The cache only saves time: a read-only $HOME or a file in the way must not end a GPU stage."""
+    (tmp_path / "file").write_text("x")
+    clean_env.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+    with caplog.at_level("WARNING", logger="posttrain"):
+        st = cc.use_kernel_cache(str(tmp_path / "file" / "kc"), tmp_path)
+    assert st["state"] == "default" and st["dir"] is None and "Not a directory" in st["problem"]
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")  # untouched, not half-moved
+    assert not any(v in os.environ for v in cc.ENV if v != "TRITON_CACHE_DIR")
+    assert "cannot use" in caplog.text and "unusable" in cc.warmup_message(cc.cache_state())
+    assert cc.use_kernel_cache("run", tmp_path)["state"] == "cold"  # a usable one afterwards: no stale problem
+    assert "problem" not in cc.cache_state()
+
+
+def test_a_relative_dir_is_made_absolute_and_vllm_compiles_there_too(clean_env, tmp_path):
+    """vLLM's engine runs in other working dirs and sets Triton's and inductor's dirs under its own root."""
+    clean_env.chdir(tmp_path)
+    cc.use_kernel_cache("kc", tmp_path)
+    assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "kc" / "vllm")
+    assert all(Path(os.environ[v]).is_absolute() and Path(os.environ[v]).is_dir() for v in cc.ENV)
+
+
+def test_the_warmup_line_names_only_what_compiles_here(monkeypatch):
+    from posttrain.model import kernels
+    monkeypatch.setattr(kernels, "fla_problem", lambda device=None: None)
+    monkeypatch.setattr(kernels, "flash_attn_available", lambda: False)
+    for hopper_old_triton, want in ((True, "fla GDN/conv/norm, tilelang's GDN backward, flex attention"),
+                                    (False, "fla GDN/conv/norm, flex attention")):
+        monkeypatch.setattr(kernels, "tilelang_needed", lambda device=None, v=hopper_old_triton: v)
+        assert cc.compiling_now() == want
+    monkeypatch.setattr(kernels, "flash_attn_available", lambda: True)
+    assert cc.compiling_now() == "fla GDN/conv/norm"
