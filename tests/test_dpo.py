@@ -110,7 +110,8 @@ def test_cache_key_changes_with_each_input(tiny):
     model, _ = tiny
     base = dict(ref_hash=weights_hash(model), data_sha="d", template="t", max_length=64)
     k = ref_cache_key(**base)
-    for field, value in (("ref_hash", "other"), ("data_sha", "e"), ("template", "u"), ("max_length", 65)):
+    for field, value in (("ref_hash", "other"), ("data_sha", "e"), ("template", "u"), ("max_length", 65),
+                         ("autocast", "bf16")):
         assert ref_cache_key(**{**base, field: value}) != k, field
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)
@@ -157,6 +158,28 @@ def test_packed_pairs_match_padded_pairs(tmp_path, sft_weight):
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     for (n, p), q in zip(padded_model.named_parameters(), packed_model.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), n
+
+
+def test_packed_reference_runs_in_the_policys_mixed_precision(tmp_path):
+    """An fp32 model trained with bf16 autocast: the precomputed reference must be the step-0 policy under
+    the same autocast (as TRL's padded path does it), or every log-ratio starts away from 0."""
+    from posttrain.model.packing import enable_exact_packing
+    tok = build_tiny_tokenizer("olmo-think")
+    model = build_tiny_model(tok, seed=1)
+    enable_exact_packing(model)
+    args = DPOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=3, loss_type=["sigmoid_norm"],
+                     max_length=64, precompute_ref_log_probs=True, report_to=[], use_cpu=True, bf16=True,
+                     dataset_num_proc=None)
+    tr = CachedRefDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tok,
+                             ref_cache={}, packed=True)
+    batch = tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in range(len(PAIRS))]))
+    with torch.no_grad():
+        fp32, _ = tr._packed_logps(tr.model, batch)
+        with tr.accelerator.autocast():
+            mixed, _ = tr._packed_logps(tr.model, batch)
+    ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+    assert (mixed - fp32).abs().max() > 1e-3  # bf16 autocast does change them: the check below can fail
+    assert torch.allclose(ref.to(mixed), mixed, atol=1e-6, rtol=0)
 
 
 def test_packed_rows_hold_as_many_pairs_as_fit(tmp_path):

@@ -202,7 +202,11 @@ class CachedRefDPOTrainer(DPOTrainer):
     def compute_ref_log_probs(self, model, inputs):
         if not self._packed:
             return super().compute_ref_log_probs(model, inputs)
-        with torch.no_grad():
+        from trl.models.utils import disable_gradient_checkpointing
+        # as TRL's own: the precompute runs in __init__, before accelerate wraps the forward in the
+        # training autocast, so without it an fp32 model trained in bf16 would have an fp32 reference
+        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+              self.accelerator.autocast()):
             sums, _ = self._packed_logps(model, inputs)
         return sums.chunk(2)
 
@@ -292,8 +296,11 @@ class CachedRefDPOTrainer(DPOTrainer):
         return (torch.tensor([merged[i][0] for i in range(n)]), torch.tensor([merged[i][1] for i in range(n)]))
 
 
-def ref_cache_key(ref_hash: str, data_sha: str, template: str, max_length: int) -> str:
-    blob = json.dumps({"ref": ref_hash, "data": data_sha, "template": template, "max_length": max_length})
+def ref_cache_key(ref_hash: str, data_sha: str, template: str, max_length: int, autocast: str = "none") -> str:
+    """autocast: the reference pass's mixed precision (bf16 autocast over fp32 weights gives other
+    logprobs than the weights' own dtype); before it was in the key, packed references ran without it."""
+    blob = json.dumps({"ref": ref_hash, "data": data_sha, "template": template, "max_length": max_length,
+                       "autocast": autocast})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -339,7 +346,8 @@ def run(ctx: StageContext) -> dict:
         # Keyed by the pairs actually trained on (policy rejections change them), not just the mix file,
         # and by the weights hash TRL takes in its __init__ (a 7B hash costs ~1 min: done once, not twice).
         sha = rows_hash(pairs)
-        return lambda ref_hash: cache_dir / f"ref-{ref_cache_key(ref_hash, sha, ctx.chat_template, st.max_length)}.pt"
+        autocast = "bf16" if st.bf16 else "none"
+        return lambda ref_hash: cache_dir / f"ref-{ref_cache_key(ref_hash, sha, ctx.chat_template, st.max_length, autocast)}.pt"
     cache = {"train": cache_file(train_rows), **({"eval": cache_file(eval_pairs)} if eval_pairs else {})}
     micro, pairs_per_row = st.micro_batch_size, float(st.micro_batch_size)
     if st.packing:  # a micro-batch is a row of max_length tokens holding as many pairs as fit
