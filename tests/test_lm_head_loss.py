@@ -105,3 +105,76 @@ def test_stage_trainers_score_through_the_fused_head():
     assert "super()._get_per_token_logps_and_entropies" in own and "lm_head" not in own and "log_softmax" not in own
     assert FixedRowSFTTrainer.compute_loss is not SFTTrainer.compute_loss  # it wraps, calling super()
     assert "super().compute_loss" in inspect.getsource(FixedRowSFTTrainer.compute_loss)
+
+
+def test_grpo_logps_and_entropy_through_the_stage_trainer_at_a_temperature(tmp_path):
+    """ActiveGRPOTrainer's scoring (TRL's head at the sampling temperature, each chunk cut to its width)
+    against log_softmax(logits / T) of a plain forward: values, entropy and gradients."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
+    from posttrain.rollout.sampler import PromptQueue
+    from posttrain.stages.rl import ActiveGRPOTrainer
+    tok, T, P, C = build_tiny_tokenizer("olmo-think"), 0.7, 5, 12
+    rows = [{"prompt": [{"role": "user", "content": f"q {i}"}]} for i in range(4)]
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=C, beta=0.0, report_to=[], use_cpu=True, bf16=False,
+                      temperature=T, log_completions=False)
+    model = build_tiny_model(tok, seed=0).float()
+    stock = copy.deepcopy(model)  # before the trainer puts its head on: the plain logits path
+    tr = ActiveGRPOTrainer(model=model, args=args, reward_funcs=[lambda **k: [0.0]],
+                           train_dataset=Dataset.from_list(rows), processing_class=tok,
+                           queue=PromptQueue(rows, seed=0, skip_solved_rate=2.0), prompt_rows=rows, active=False,
+                           solve_threshold=1.0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, stock.config.vocab_size, (4, P + C), generator=g)
+    mask = torch.zeros_like(ids)
+    for r, (p, c) in enumerate([(5, 12), (3, 4), (4, 9), (2, 1)]):
+        mask[r, P - p:P + c] = 1  # prompts left-padded, completions right-padded
+    ids = ids * mask
+    got, ent = tr._get_per_token_logps_and_entropies(tr.model, ids, mask, C, batch_size=2, compute_entropy=True)[:2]
+    lsm = torch.log_softmax(stock(input_ids=ids, attention_mask=mask).logits[:, P - 1:-1].float() / T, -1)
+    want, want_ent = lsm.gather(-1, ids[:, P:, None]).squeeze(-1), -(lsm.exp() * lsm).sum(-1)
+    cm = mask[:, P:].bool()
+    torch.testing.assert_close(got[cm], want[cm], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent[cm], want_ent[cm], rtol=1e-5, atol=1e-5)
+    w = torch.randn(got.shape, generator=g)
+    (got * cm * w).sum().backward()
+    (want * cm * w).sum().backward()
+    for (n, p), q in zip(tr.model.named_parameters(), stock.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), n
+
+
+def test_sft_stage_loss_on_a_packed_fixed_row_equals_plain_cross_entropy(tmp_path):
+    """FixedRowSFTTrainer.compute_loss (TRL's head over a packed row padded to its multiple) against a
+    plain forward's mean cross-entropy over the assistant tokens: value and gradients."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
+    from posttrain.stages.sft import FixedRowSFTTrainer
+    tok = build_tiny_tokenizer("olmo-think")
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for q, a in [("1+1?", "<think>1+1=2</think>2"), ("x", "y"), ("9-3?", "<think>9-3=6</think>6")]]
+    model = build_tiny_model(tok, seed=3).float()
+    enable_exact_packing(model)
+    stock = copy.deepcopy(model)  # before the trainer puts its head on
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=1, max_length=128, assistant_only_loss=True,
+                     packing=True, packing_strategy="bfd", padding_free=True, report_to=[], use_cpu=True, bf16=False,
+                     gradient_checkpointing=False, dataset_num_proc=None)
+    tr = FixedRowSFTTrainer(model=model, args=args, processing_class=tok, row_multiple=128,
+                            train_dataset=Dataset.from_list([{"messages": c} for c in convs]))
+    batch = next(iter(tr.get_train_dataloader()))
+    assert batch["input_ids"].shape[1] == 128 and batch["num_pad_tokens"] > 0
+    tr.model.train()
+    loss = tr.compute_loss(tr.model, dict(batch))
+    kw = {k: v for k, v in batch.items() if k in MODEL_KEYS}
+    logits = stock(**kw).logits[0, :-1].float()
+    tgt = batch["labels"][0, 1:]
+    want = torch.nn.functional.cross_entropy(logits, tgt, ignore_index=IGNORE_INDEX)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    loss.backward()
+    want.backward()
+    for (n, p), q in zip(model.named_parameters(), stock.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), n
