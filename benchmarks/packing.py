@@ -388,7 +388,9 @@ def main(argv=None) -> dict:
             fused = True
         if mode == "head":
             from trl.trainer.utils import add_fused_lm_head
-            add_fused_lm_head(model)  # the plain forward (other modes) is unchanged by it
+            # the SFT stage's outputs (TRL 1.16 SFTTrainer.__init__): its entropy and top-1 cost time too;
+            # the plain forward (other modes) is unchanged by the head
+            add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
         for T in args.seq_lens:
             lengths, docs, rows = pools[T]
             n = args.steps
