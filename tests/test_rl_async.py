@@ -14,7 +14,7 @@ from trl import GRPOConfig
 from posttrain.model.tiny import build_tiny_model, build_tiny_tokenizer
 from posttrain.recipe import RecipeError, load_recipe
 from posttrain.rollout import async_stage
-from posttrain.rollout.producer import RolloutGroup, RolloutProducer
+from posttrain.rollout.producer import RolloutGroup, RolloutProducer, trim_log
 from posttrain.rollout.sampler import PromptQueue
 from posttrain.stages.rl import ActiveGRPOTrainer
 
@@ -100,6 +100,7 @@ def test_slack_trains_finished_groups_past_a_slow_one_until_its_deadline():
     eng.finish(lambda job, f: job.idx != slow)
     threading.Timer(0.3, eng.finish).start()
     got = p.primary(2)
+    p.log(got, 0)  # trained: their staleness counts
     m = p.step_metrics()
     assert got[0].idx == slow and got[0].version == 0 and m["async/wait_s"] >= 0.25  # due: waited for it
     assert m["async/staleness_max"] == 2.0 and m["async/slipped"] == 0.0
@@ -191,6 +192,14 @@ def test_queue_state_covers_prompts_in_flight():
     assert b.state_dict()["pending"] == []
 
 
+def test_resume_trims_the_rollout_log_past_a_line_the_kill_cut(tmp_path):
+    """A kill mid-append leaves half a line: the resume drops it (and any later step's lines), not fails."""
+    log = tmp_path / "rollouts.jsonl"
+    log.write_text('{"step": 0, "idx": 1}\n\n{"step": 1, "idx": 2}\n{"step": 2, "idx": 3}\n{"step": 2, "id')
+    trim_log(log, 2)
+    assert [json.loads(x)["idx"] for x in log.read_text().splitlines()] == [1, 2]
+
+
 @pytest.mark.parametrize("over,msg", [
     (["stages.rl.async_steps=1", "stages.rl.weight_sync_steps=3"], "weight_sync_steps: must be in [1, async_steps + 1 = 2]"),
     (["stages.rl.async_steps=0", "stages.rl.weight_sync_steps=2"], "weight_sync_steps"),
@@ -212,7 +221,7 @@ def reward_len(completions, **kw):
 
 
 def _async_hf_trainer(tmp_path, micro_batches: int = 1, async_steps: int = 1, lookahead: int | None = None,
-                      tis_mode: str = "token_truncate"):
+                      tis_mode: str = "token_truncate", active: bool = False, reward=None):
     """A tiny async GRPO trainer on the HF engine (TIS on, as with vLLM), `micro_batches` a step."""
     tok = build_tiny_tokenizer("olmo-think")
     model = build_tiny_model(tok, seed=0)
@@ -228,9 +237,9 @@ def _async_hf_trainer(tmp_path, micro_batches: int = 1, async_steps: int = 1, lo
                          async_lookahead=lookahead)
     async_stage.prepare_args(args, st)
     q = PromptQueue(rows, seed=0, skip_solved_rate=2.0)
-    tr = ActiveGRPOTrainer(model=model, args=args, reward_funcs=[reward_len], train_dataset=Dataset.from_list(rows),
-                           processing_class=tok, queue=q, prompt_rows=rows, active=False, solve_threshold=1.0,
-                           rollout_func=async_stage.from_producer)
+    tr = ActiveGRPOTrainer(model=model, args=args, reward_funcs=[reward or reward_len],
+                           train_dataset=Dataset.from_list(rows), processing_class=tok, queue=q, prompt_rows=rows,
+                           active=active, solve_threshold=1.0, rollout_func=async_stage.from_producer, max_refills=2)
     prod = async_stage.attach(tr, st, q, rows, tok, tmp_path, resume_step=0)
     tr.model.train()
     tr.current_gradient_accumulation_steps = micro_batches
@@ -318,6 +327,49 @@ def test_a_slipped_group_trains_later_in_the_stage_trainer(tmp_path):
         assert batch["importance_sampling_ratio"].max() <= 2.0
         lines = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
         assert [(x["step"], x["idx"]) for x in lines][2] == (1, slow) and lines[2]["staleness"] == 1
+    finally:
+        prod.close()
+
+
+def test_with_active_sampling_the_log_and_staleness_cover_only_trained_groups(tmp_path):
+    """Active sampling drops groups without signal and refills: rollouts.jsonl and async/staleness_* are
+    the training history, so a dropped group has no line and no say in the staleness figures."""
+    def flat_for_even_prompts(prompts, completions, **kw):  # "what is 4 + 4?": every completion scores 0
+        return [0.0 if int(p[-1]["content"].split()[2]) % 2 == 0 else float(len(c[-1]["content"]) % 3)
+                for p, c in zip(prompts, completions)]
+    torch.manual_seed(0)
+    tr, prod = _async_hf_trainer(tmp_path, active=True, reward=flat_for_even_prompts)
+    try:
+        for step in range(3):
+            tr.state.global_step = step
+            batch = tr._generate_and_score_completions([{}] * (2 * G))
+            tr._compute_loss(tr.model, batch)
+        m = tr._metrics["train"]
+        assert max(m["active/rounds"]) > 1 and max(m["active/groups_filtered_frac"]) > 0  # groups were dropped
+        lines = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+        assert lines and all(x["idx"] % 2 == 1 for x in lines)  # no flat group is in the history
+        for step in range(3):
+            assert 0 < sum(x["step"] == step for x in lines) <= 2  # 2 prompts a step, fewer if refills ran out
+        # each step's staleness is over its own trained groups; a refill's lag-0 groups count only if trained
+        for step, mean in enumerate(m["async/staleness_mean"]):
+            mine = [x["staleness"] for x in lines if x["step"] == step]
+            assert mean == pytest.approx(sum(mine) / len(mine))
+    finally:
+        prod.close()
+
+
+def test_a_window_of_steps_logs_the_largest_staleness_not_the_mean(tmp_path):
+    """TRL averages each metric over logging_steps; async/*_max must stay a maximum."""
+    tr, prod = _async_hf_trainer(tmp_path)
+    try:
+        m = tr._metrics["train"]
+        m["async/staleness_max"] += [0.0, 1.0, 0.0]
+        m["async/group_latency_s_max"] += [2.0, 5.0]
+        m["async/staleness_mean"] += [0.0, 1.0]
+        logs = {}
+        tr.log(logs)
+        assert logs["async/staleness_max"] == 1.0 and logs["async/group_latency_s_max"] == 5.0
+        assert logs["async/staleness_mean"] == 0.5
     finally:
         prod.close()
 

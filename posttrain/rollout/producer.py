@@ -169,7 +169,6 @@ class RolloutProducer:
         t0 = time.perf_counter() if t0 is None else t0
         out = [f.result() for f in futs]  # an engine error re-raises here, on the training thread
         self.wait_s += time.perf_counter() - t0
-        self._lags += [self.step - gr.version for gr in out]
         # a waiter can wake before the future's callbacks have run: then it is done about now
         self._latency += [getattr(f, "done_at", time.perf_counter()) - f.ordered_at for f in futs]
         return out
@@ -179,9 +178,10 @@ class RolloutProducer:
         return [i for _, i, _ in self.ahead]
 
     def step_metrics(self) -> dict[str, float]:
-        """Over every group the step took (refills included): staleness in optimizer steps, the
-        trainer's seconds blocked waiting for rollouts, groups still in flight for later steps, and
-        seconds from order to the group's last completion. The latency sizes the schedule: a step
+        """Staleness in optimizer steps over the groups the step trained (`log`; active sampling's
+        dropped groups do not count); over every group it took (refills included): the trainer's
+        seconds blocked waiting for rollouts and seconds from order to the group's last completion;
+        groups still in flight for later steps. The latency sizes the schedule: a step
         waits less when lookahead + 1 steps outlast the mean (Little's law: that many steps' groups
         in flight) and async_steps steps outlast the max (README, async RL)."""
         lag, lat = self._lags, self._latency
@@ -196,7 +196,9 @@ class RolloutProducer:
         return out
 
     def log(self, groups: list[RolloutGroup], rank: int) -> None:
-        """One line per trained group: which prompt, at which step, sampled by which version."""
+        """The step's trained groups (after active sampling's selection): their staleness for
+        `step_metrics`, and one line each in the log: which prompt, at which step, by which version."""
+        self._lags += [self.step - gr.version for gr in groups]
         if self.log_path is None:
             return
         with self.log_path.open("a") as f:
@@ -215,7 +217,13 @@ def trim_log(path: Path, step: int) -> None:
     """On resume from the checkpoint after `step` steps: whatever was trained later was rolled
     back with its weights, so its lines go (the log is then the run's real training history)."""
     if path.is_file():
-        keep = [x for x in path.read_text().splitlines() if x and json.loads(x)["step"] < step]
+        keep = []
+        for x in path.read_text().splitlines():
+            try:
+                if json.loads(x)["step"] < step:
+                    keep.append(x)
+            except (ValueError, KeyError, TypeError):  # a line cut by the kill (or a blank one): it goes too
+                pass
         path.write_text("".join(x + "\n" for x in keep))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -181,6 +182,11 @@ class ActiveGRPOTrainer(GRPOTrainer):
             health = reward_health(self.reward_func_names, self.accelerator)
             logs.update(health)
             check_crashes(health, self.reward_crash_limit)
+            # TRL averages each metric over the logging window: a maximum must stay the window's maximum
+            m = self._metrics["train"]
+            for k in [k for k in m if k.endswith("_max") and k.startswith("async/")]:
+                valid = [v for v in m[k] if not math.isnan(v)]
+                m[k] = [max(valid)] if valid else m[k]
         super().log(logs, start_time)
 
     def _generate(self, prompts):
@@ -210,7 +216,6 @@ class ActiveGRPOTrainer(GRPOTrainer):
         if self.rollouts is not None:
             lags = [self.state.global_step - gr.version for gr in self._groups]
             out["rollout_lag"] = torch.tensor(lags, device=out["advantages"].device).repeat_interleave(g)
-            self.rollouts.log(self._groups, self.accelerator.process_index)
         if not skip_old and "old_per_token_logps" in out and "sampling_per_token_logps" in out:
             # TRL's old-logprob pass ran (mini_batches > 1, vespo) and logged its own gap keys; add the k3
             # and per-lag figures from the same tensors, over every row of the round as TRL's are.
@@ -236,12 +241,15 @@ class ActiveGRPOTrainer(GRPOTrainer):
             self._split["sync"] += self.rollouts.step_start(self.model, self.state.global_step, self.state.max_steps)
             self._last_loaded_step = self.state.global_step  # the producer pushed the weights, not TRL
         kept, rounds, seen, dropped, need = [], 0, 0, 0, want
+        trained: list = []  # the async producer's groups behind the kept rows, in the batch's order
         while True:
             out, signal = self._round(need, first=rounds == 0)
             rounds += 1
             seen += len(signal)
             keep = signal if self.active else [True] * len(signal)
             dropped += keep.count(False)
+            if self.rollouts is not None:
+                trained += [gr for gr, s in zip(self._groups, keep) if s]
             rows = torch.tensor([j * g + k for j, s in enumerate(keep) if s for k in range(g)], dtype=torch.long)
             if len(rows):
                 kept.append(select_rows(out, rows.to(out["advantages"].device)))
@@ -255,9 +263,11 @@ class ActiveGRPOTrainer(GRPOTrainer):
                 break
             need = refill_size(short, int(stats[:, 1].sum()), int(stats[:, 2].sum()), want)
         if not kept:  # nothing carried signal even after refills: train on the last batch, advantages are 0
-            kept = [out]
+            kept, trained = [out], list(self._groups) if self.rollouts is not None else []
         batch = cat_batches(kept)
         n = min(want, len(batch["advantages"]) // g) * g
+        if self.rollouts is not None:  # one log line per group trained (a short step's pad copies are not)
+            self.rollouts.log(trained[:n // g], self.accelerator.process_index)
         if n < len(batch["advantages"]):
             batch = select_rows(batch, torch.arange(n, device=batch["advantages"].device))
         if n < want * g:
