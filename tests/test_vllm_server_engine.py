@@ -112,10 +112,10 @@ def test_weight_push_pauses_in_place_and_resumes(stub):
     FakeTRLGeneration.pushes = 0
     eng = VLLMServerEngine(stub.url, temperature=1.0, max_tokens=2, trl_generation=FakeTRLGeneration())
     try:
-        eng.sync_weights(None, 0)  # the server started from the stage's starting model: nothing to send
-        assert stub.log == [] and eng.version == 0
+        eng.sync_weights(None, 0)  # pushed too: the server may hold another run's (or a killed run's) weights
+        assert stub.log == ["/pause?mode=keep", "/resume"] and eng.version == 0 and FakeTRLGeneration.pushes == 1
         eng.sync_weights(None, 1)
-        assert stub.log == ["/pause?mode=keep", "/resume"] and FakeTRLGeneration.pushes == 1
+        assert stub.log == ["/pause?mode=keep", "/resume"] * 2 and FakeTRLGeneration.pushes == 2
         g = eng.submit([RolloutJob(idx=0, prompt_ids=[1], n=1, version=1, seed=5)])[0].result(timeout=30)
         assert (g.version, g.version_end) == (1, 1)
     finally:
@@ -130,13 +130,28 @@ def test_weight_push_pauses_in_place_and_resumes(stub):
      "processed_logprobs"),
 ])
 def test_a_misconfigured_server_is_refused_in_one_line(info, dev_mode, msg):
+    from posttrain.rollout.async_stage import server_backend
     s = Stub(info, dev_mode)
     try:
         with pytest.raises(RuntimeError, match=msg) as e:
             VLLMServerEngine(s.url, temperature=1.0, max_tokens=2, trl_generation=FakeTRLGeneration())
         assert "\n" not in str(e.value) and s.url in str(e.value)
+        if not dev_mode:  # the stage asks for the backend first (async_stage.prepare_args): the same line
+            with pytest.raises(RuntimeError, match=msg):
+                server_backend(s.url)
     finally:
         s.close()
+
+
+def test_no_server_at_the_url_is_one_line():
+    import socket
+    from posttrain.rollout.async_stage import server_backend
+    with socket.socket() as sk:  # a port nothing listens on
+        sk.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sk.getsockname()[1]}"
+    with pytest.raises(RuntimeError, match="no vLLM server answers") as e:
+        server_backend(url)
+    assert url in str(e.value) and "\n" not in str(e.value)
 
 
 def test_ipc_is_refused_with_several_training_processes():

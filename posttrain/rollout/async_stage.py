@@ -19,10 +19,8 @@ from posttrain.rollout.producer import RolloutProducer, rollout_batch, trim_log
 
 def server_backend(url: str) -> str | None:
     """The vLLM server's weight-transfer backend (nccl | ipc), from its /server_info."""
-    import requests
-    r = requests.get(f"{url.rstrip('/')}/server_info", params={"config_format": "json"}, timeout=60)
-    r.raise_for_status()
-    return (r.json()["vllm_config"].get("weight_transfer_config") or {}).get("backend")
+    from posttrain.rollout.engines import server_config
+    return (server_config(url).get("weight_transfer_config") or {}).get("backend")
 
 
 def prepare_args(args, st) -> None:

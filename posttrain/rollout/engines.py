@@ -184,6 +184,23 @@ class HFEngine:
         self._jobs.put((3, float("inf"), None, None))
 
 
+def server_config(url: str) -> dict:
+    """A `vllm serve`'s config (its dev-mode /server_info), or one line saying why there is none."""
+    import requests
+    url = url.rstrip("/")
+    try:
+        info = requests.get(f"{url}/server_info", params={"config_format": "json"}, timeout=60)
+    except requests.RequestException as e:
+        raise RuntimeError(f"{url}: no vLLM server answers ({type(e).__name__}); start it first (README: async RL)") from None
+    if info.status_code == 404:
+        raise RuntimeError(f"{url}: no /server_info; start the server with VLLM_SERVER_DEV_MODE=1")
+    try:
+        info.raise_for_status()
+        return info.json()["vllm_config"]
+    except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+        raise RuntimeError(f"{url}: /server_info is not a vLLM server's config ({type(e).__name__}: {e})") from None
+
+
 class VLLMServerEngine:
     """A running vLLM server (`VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --weight-transfer-config
     '{"backend": "nccl"|"ipc"}' --logprobs-mode processed_logprobs`)."""
@@ -194,10 +211,7 @@ class VLLMServerEngine:
         import requests
         self.url, self.temperature, self.max_tokens, self.ignore_eos = base_url.rstrip("/"), temperature, max_tokens, ignore_eos
         self.timeout_s = timeout_s
-        info = requests.get(f"{self.url}/server_info", params={"config_format": "json"}, timeout=60)
-        if info.status_code == 404:
-            raise RuntimeError(f"{self.url}: no /server_info; start the server with VLLM_SERVER_DEV_MODE=1")
-        cfg = info.json()["vllm_config"]
+        cfg = server_config(self.url)
         wt = cfg.get("weight_transfer_config") or {}
         self.backend = wt.get("backend")
         if self.backend not in ("nccl", "ipc"):
@@ -255,9 +269,8 @@ class VLLMServerEngine:
         requests.post(f"{self.url}{path}", timeout=600, **kw).raise_for_status()
 
     def sync_weights(self, model, version: int) -> None:
-        if self.version < 0 and version == 0:  # the server was started from the stage's starting model
-            self.version = 0
-            return
+        # Pushed at step 0 too: the server may hold other weights than the stage's start (a run killed
+        # before its first checkpoint pushed later ones; a server started from another checkpoint).
         # Every rank takes part in the (ZeRO-3) gathers of TRL's stream; one of them pauses the server.
         if self.is_main:
             self._post("/pause", params={"mode": "keep"})  # requests stay in the batch, frozen
