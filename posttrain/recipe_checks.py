@@ -150,6 +150,10 @@ def check_recipe(r: Recipe, path: Path) -> None:
             raise RecipeError(f"{where}.reward_crash_limit: must be a fraction in [0, 1], got {st.reward_crash_limit}")
         if isinstance(st, GRPOStage) and st.engine == "vllm" and st.vllm_mode == "server" and not st.vllm_server_base_url:
             raise RecipeError(f"{where}.vllm_server_base_url: server mode needs the URL of a running `trl vllm-serve`")
+        if isinstance(st, GRPOStage) and st.engine == "hf" and (st.vllm_mode == "server" or st.vllm_server_base_url):
+            # else the stage would quietly generate with HF on the trainer's device and never touch the server
+            raise RecipeError(f"{where}.engine: hf generates in the trainer's process; vllm_mode server / "
+                              "vllm_server_base_url need engine: vllm")
         if isinstance(st, GRPOStage) and st.vllm_server_base_url:
             if not _is_http_url(st.vllm_server_base_url):
                 raise RecipeError(f"{where}.vllm_server_base_url: must be http(s)://HOST[:PORT], "

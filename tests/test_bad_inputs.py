@@ -101,6 +101,8 @@ CASES = [
     ("vllm_server_url_bad_port", {"stages.rl.engine": "vllm", "stages.rl.vllm_mode": "server",
                                   "stages.rl.vllm_server_base_url": "http://127.0.0.1:80000"}, [],
      [R, "stages.rl.vllm_server_base_url: must be http(s)://HOST[:PORT], got 'http://127.0.0.1:80000'"]),
+    ("server_url_on_the_hf_engine", {"stages.rl.engine": "hf", "stages.rl.vllm_server_base_url": "http://127.0.0.1:8000"},
+     [], [R, "stages.rl.engine: hf generates in the trainer's process"]),
     ("kernel_cache_is_a_file", {"kernel_cache": "{tmp}/sft.jsonl"}, [], [R, "kernel_cache: ", "exists and is not a directory"]),
     ("kernel_cache_under_a_file", {"kernel_cache": "{tmp}/sft.jsonl/kernels"}, [],
      [R, "kernel_cache: cannot create ", "sft.jsonl: Not a directory"]),
