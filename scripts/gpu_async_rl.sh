@@ -19,26 +19,23 @@
 # Ran 2026-12-07 (tenth session, H100): async6 (lookahead 2) 7,395 completion tokens trained/s over its
 # two steady steps (56 s each) against sync's 5,744 (4 steps, 83 s): 1.29x; between its orders the
 # server drained to 0 running while the trainer ate the fill's backlog, so two steady steps say little
-# (benchmarks/RESULTS.md, tenth session). Next, a row long enough for ~8 steady steps, run detached over
-# two calls (scripts/detach.sh; the machine keeps a setsid job between back-to-back calls):
-#   call 5 (carry .gpu-wheels-5 and kernel-cache/kcache-rl.tgz.part-a{a,b}: 13 + 20 MB + the tree's 7):
-#     mkdir -p /tmp/gw && cp .gpu-wheels-5/* /tmp/gw/ && bash /tmp/gw/install.sh && export PYTHONPATH=/tmp/site
-#     (the job inherits the environment)
-#     bash scripts/detach.sh start a6 env LOOKAHEAD=4 PROMPTS=32 BUDGET_S=900 bash scripts/gpu_async_rl.sh async6_slack_lognormal
-#     bash scripts/detach.sh wait a6 480   (the install takes ~40-60 s of the call)
-#   call 6: bash scripts/detach.sh wait a6 560   (rc 0 and the row's files once it has ended; rc 3: call again)
-#   call 7: PROMPTS=32 BUDGET_S=<what is left - 40, at most 480> bash scripts/gpu_async_rl.sh sync_lognormal
-#     (ready ~55 s, then ~83 s a step on an H100: 300 s still times 2 steps)
+# (benchmarks/RESULTS.md, tenth session). Next, a row long enough for ~8 steady steps and its sync
+# baseline, as one detached job over calls (scripts/gpu_async_pair.sh; the machine keeps a setsid job
+# between back-to-back calls). kernel-cache/ did not survive into the session of 2026-12-08 (a new
+# checkout holds only what landed), so the plan assumes a cold machine: the async row goes first, its
+# server's fill overlapping the trainer's compile, and sync then finds every kernel compiled.
+#   calls 1-4: carry .gpu-wheels-k, run: mkdir -p /tmp/gw && cp .gpu-wheels-k/* /tmp/gw/
+#   call 5 (carry .gpu-wheels-5): mkdir -p /tmp/gw && cp .gpu-wheels-5/* /tmp/gw/ && bash /tmp/gw/install.sh &&
+#     export PYTHONPATH=/tmp/site && bash scripts/detach.sh start pair env ASYNC_S=950 SYNC_S=420 \
+#     bash scripts/gpu_async_pair.sh && bash scripts/detach.sh wait pair 500
+#   calls 6-7: bash scripts/detach.sh wait pair 560   (rc 3: call again; rc 0: $OUT has pair.tgz)
+# ~1,600 device-seconds with staging; after failed starts (90 s each) shrink ASYNC_S and SYNC_S.
 # Why lookahead 4 (not 2, as run): by Little's law a step finds its 32 groups finished only if ~32 x
 # (a group's latency / the step) are in flight. A group ends with the longest of its 8 completions: for
 # log-normal mean 2,048 cap 8,192 that is ~5K tokens at the median, the cap for 21% of groups, i.e.
 # ~100-165 s at the ~50 tokens/s a request got beside training, against ~45-56 s steps: ~70 groups in
 # flight, where lookahead 2 held 64 (and step 5 waited 30 s). Lookahead 4 holds up to ~160 and leaves
 # slack 2, enough for a capped group (~3.3 steps); staleness ~4. The fill is then 5 steps (~1,280 requests).
-# kcache-rl is this script's `warm` row's caches (saved 2026-12-07 on an H100), so no `warm` row:
-# its first step loads kernels instead of compiling them. ~1,550 device-seconds with staging (~110 with
-# the start), the async row (~950 over calls 5-6) and sync at 480; after one failed start (90-180 s),
-# give sync what is left.
 # 32 prompts, not 64: a 32 x 8 synchronous step at the 8K cap took
 # 89-137 s on an H100 (73-81% generation), so a 64 x 8 sync row cannot time two steps in one call.
 # async2, not async1: with async_steps 1 a step still waits for its own longest completion.
