@@ -52,7 +52,7 @@ def _check_kernel_cache(r: Recipe, src) -> None:
     v = r.cfg.kernel_cache
     # `kernel_cache: false` reaches a str field as "False", and "" as the working dir: neither is a
     # directory anyone means, nor is "None" or "User" (the settings are lower case)
-    if not v.strip() or v.lower() in ("true", "false", "yes", "no", "on", "off", "null", "~") or (
+    if not v.strip() or v.lower() in ("true", "false", "yes", "no", "on", "off", "null") or (
             v.lower() in ("user", "run", "none") and v not in ("user", "run", "none")):
         raise RecipeError(f"{src}: kernel_cache: {v!r} is not user | run | none or a directory "
                           "(`none` keeps the libraries' own cache dirs)")
