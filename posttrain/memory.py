@@ -101,7 +101,8 @@ def stage_steps(stage, rows: int | None, gpus: int = 1) -> tuple[int | None, int
     return geo.steps(rows, stage.num_epochs, stage.max_steps), geo.tokens_per_step, geo.warnings
 
 
-def preflight(stage_name: str, stage, model_name: str, gpus: int, zero: int, gpu_gb: float) -> str | None:
+def preflight(stage_name: str, stage, model_name: str, gpus: int, zero: int, gpu_gb: float,
+              others_gb: float = 0.0) -> str | None:
     """A warning when a stage's estimate passes the GPU's memory, said before the model loads: on
     2026-12-07 the 7B SFT throughput recipe (one GPU, no checkpointing, estimate 119.5 GB) loaded a
     random 7B on an 80 GB H100 and ran out of memory after its first step. Only a warning: the estimate
@@ -115,16 +116,23 @@ def preflight(stage_name: str, stage, model_name: str, gpus: int, zero: int, gpu
     True
     >>> print(preflight("sft", st, "random:olmo-hybrid-7b", 1, 0, 79.2))  # doctest: +ELLIPSIS
     sft: the memory estimate is 119.5 GB per GPU (weights, gradients and optimizer 83.0, activations 31.9, ...
+
+    others_gb: memory other processes already hold on this GPU when the stage starts, such as async RL's
+    `vllm serve` on the training GPU (0.4 of an H200 is ~56 GB); the stage has only the rest.
+
+    >>> print(preflight("sft", st, "random:olmo-hybrid-7b", 1, 0, 141.0, others_gb=56.0))  # doctest: +ELLIPSIS
+    sft: the memory estimate is 119.5 GB per GPU ... of 141.0 GB, 56.0 of them held by other processes ...
     """
     config, guessed = model_config(model_name)
     if guessed:  # a config assumed offline: no warning on a guess
         return None
     m = stage_estimate(config, stage, gpus, zero, gpu_gb)
-    if m.total_gb <= gpu_gb:
+    if m.total_gb <= gpu_gb - others_gb:
         return None
+    held = f", {others_gb:.1f} of them held by other processes (a vLLM server?)," if others_gb >= 0.5 else ""
     return (f"{stage_name}: the memory estimate is {m.total_gb:.1f} GB per GPU (weights, gradients and optimizer "
             f"{m.weights_gb + m.grads_gb + m.optimizer_gb:.1f}, activations {m.activations_gb:.1f}, logits "
-            f"{m.logits_gb:.1f}, rollout engine {m.rollout_engine_gb:.1f}) on {gpus} GPU(s) of {gpu_gb:.1f} GB with "
+            f"{m.logits_gb:.1f}, rollout engine {m.rollout_engine_gb:.1f}) on {gpus} GPU(s) of {gpu_gb:.1f} GB{held} with "
             f"ZeRO-{zero}: expect an out-of-memory error; more GPUs with ZeRO-3, gradient_checkpointing or a "
             f"smaller batch_tokens / micro-batch bring it down (`posttrain run RECIPE --dry-run --gpus N "
             f"--gpu-gb {gpu_gb:.0f}` prints the estimate)")

@@ -263,9 +263,12 @@ class Pipeline:
             return
         from posttrain.launch import world_size, zero_stage
         from posttrain.memory import GB, preflight
-        gpu_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB
+        free, total = torch.cuda.mem_get_info()
+        # what other processes hold (async RL's server on this GPU): in use and not this process's cache
+        others = max(0.0, (total - free - torch.cuda.memory_reserved()) / GB)
         try:
-            warning = preflight(name, st, self.recipe.cfg.model.name, world_size(), zero_stage(), gpu_gb)
+            warning = preflight(name, st, self.recipe.cfg.model.name, world_size(), zero_stage(), total / GB,
+                                others_gb=others)
         except Exception as e:  # advisory: a model whose config cannot be sized here still trains
             log.info("%s: no memory estimate (%s)", name, e)
             return

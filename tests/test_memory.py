@@ -96,21 +96,23 @@ def test_zero_stage_from_what_accelerate_launch_exports(env, stage, monkeypatch)
     (80, {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
      "sft: the memory estimate is 91.8 GB per GPU (weights, gradients and optimizer 55.4,"),  # states halved
     (141, {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, None),
+    # one H200 with async RL's `vllm serve` at 0.4 of it (56 GB) already running on the same card
+    ((141, 56), {}, "sft: the memory estimate is 119.5 GB per GPU"),
 ])
 def test_a_stage_over_the_gpus_memory_is_warned_about_before_its_model_loads(gpu_gib, env, said, monkeypatch, caplog):
-    import types
 
     import torch
 
     from posttrain.pipeline import Pipeline
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    props = types.SimpleNamespace(total_memory=gpu_gib * GB)
+    gpu_gib, others = gpu_gib if isinstance(gpu_gib, tuple) else (gpu_gib, 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: ((gpu_gib - others) * GB, gpu_gib * GB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 0)
     recipe = load_recipe("benchmarks/recipes/olmo-hybrid-7b-throughput.yaml")
     with caplog.at_level("WARNING"):
         Pipeline(recipe)._memory_preflight("sft", recipe.stages["sft"])
     warned = [r.getMessage() for r in caplog.records if "memory estimate" in r.getMessage()]
     assert [w[:len(said)] for w in warned] == ([said] if said else [])
+    assert all(("56.0 of them held by other processes" in w) == bool(others) for w in warned)
