@@ -100,7 +100,6 @@ def test_zero_stage_from_what_accelerate_launch_exports(env, stage, monkeypatch)
     ((141, 56), {}, "sft: the memory estimate is 119.5 GB per GPU"),
 ])
 def test_a_stage_over_the_gpus_memory_is_warned_about_before_its_model_loads(gpu_gib, env, said, monkeypatch, caplog):
-
     import torch
 
     from posttrain.pipeline import Pipeline
