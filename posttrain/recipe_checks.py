@@ -6,8 +6,6 @@ posttrain/data/validate.py's FIELD_RULES."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ def _check_rewards(st: "GRPOStage", where: str) -> None:
 def _check_kernel_cache(r: Recipe, src) -> None:
     """A kernel_cache directory is made on the first GPU stage, after earlier stages ran: say now if it
     cannot be (a file in the way, an unwritable parent), not as a traceback minutes into a run."""
-    from posttrain.model.compile_cache import kernel_cache_dir
+    from posttrain.model.compile_cache import kernel_cache_dir, probe_write
     v = r.cfg.kernel_cache
     # `kernel_cache: false` reaches a str field as "False", and "" as the working dir: neither is a
     # directory anyone means, nor is "None" or "User" (the settings are lower case)
@@ -62,8 +60,8 @@ def _check_kernel_cache(r: Recipe, src) -> None:
     if d.exists() and not d.is_dir():
         raise RecipeError(f"{src}: kernel_cache: {d} exists and is not a directory")
     probe_in = d if d.exists() else next(p for p in d.absolute().parents if p.exists())
-    try:  # a probe, not os.access: root passes access checks on read-only mounts and /proc
-        os.rmdir(tempfile.mkdtemp(dir=probe_in, prefix=".posttrain-probe-"))
+    try:
+        probe_write(probe_in)
     except OSError as e:
         what = "cannot write to" if d.exists() else "cannot create"
         raise RecipeError(f"{src}: kernel_cache: {what} {d}: {probe_in}: {e.strerror}") from None

@@ -58,15 +58,18 @@ def kernel_cache_dir(setting: str, run_dir: Path) -> Path | None:
     return Path(setting).expanduser()
 
 
+def probe_write(d: Path) -> None:
+    """Raise OSError unless a file can be made in the existing dir `d`. A probe, not os.access: root
+    passes access checks on read-only mounts and /proc (the recipe check probes the same way)."""
+    os.rmdir(tempfile.mkdtemp(dir=d, prefix=".posttrain-probe-"))
+
+
 def _usable(root: Path) -> str | None:
-    """Why `root` cannot hold the caches (None: it can). A probe file, not os.access: root passes access
-    checks on read-only mounts."""
+    """Why `root` cannot hold the caches (None: it can); makes its folders."""
     try:
         for sub in ENV.values():
             (root / sub).mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=root / "triton", prefix=".posttrain-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(root / "triton")
     except OSError as e:
         return f"{e.strerror or e}: {e.filename or root}"
     return None
@@ -88,15 +91,15 @@ def use_kernel_cache(setting: str, run_dir: Path) -> dict:
                         setting, root, problem)
             root = None
     if root is None:
-        _state.clear()
-        _state.update(dir=None, files=0, state="default", **({"problem": problem} if problem else {}))
-        return dict(_state)
-    for var, sub in ENV.items():
-        os.environ[var] = str(root / sub)
-    files = sum(len(fs) for sub in ENV.values() for _, _, fs in os.walk(root / sub))
+        state = {"dir": None, "files": 0, "state": "default", **({"problem": problem} if problem else {})}
+    else:
+        for var, sub in ENV.items():
+            os.environ[var] = str(root / sub)
+        files = sum(len(fs) for sub in ENV.values() for _, _, fs in os.walk(root / sub))
+        state = {"dir": str(root), "files": files, "state": "warm" if files else "cold"}
     _state.clear()
-    _state.update(dir=str(root), files=files, state="warm" if files else "cold")
-    return dict(_state)
+    _state.update(state)
+    return dict(state)
 
 
 def cache_state() -> dict:
